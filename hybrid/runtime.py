@@ -1,0 +1,24 @@
+"""Where a model runs: device and dtype choices shared by serving, the reference pipeline and benchmarks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from hybrid.profiles import Profile
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    """ "auto" → the GPU when CUDA is present, the CPU otherwise; "cpu"/"cuda"/"cuda:1" as given."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def for_device(profile: Profile, device: torch.device) -> Profile:
+    """The profile with a dtype the device runs well: reduced precision only on a GPU (bf16 on a CPU is slow
+    and changes results needlessly)."""
+    if device.type == "cpu" and profile.dtype != "float32":
+        return dataclasses.replace(profile, dtype="float32")
+    return profile
