@@ -95,8 +95,10 @@ def _decode_image(data: bytes, limits: MediaLimits) -> DecodedMedia:
         raise MediaError(
             "unsupported_media", "the file is not a supported image or video (PNG, JPEG, WebP, GIF, MP4)"
         ) from None
-    except Image.DecompressionBombError as exc:
-        raise MediaError("too_many_pixels", str(exc), 413) from None
+    except Image.DecompressionBombError:
+        raise MediaError(
+            "too_many_pixels", f"the image is a decompression bomb; the limit is {limits.max_pixels} pixels", 413
+        ) from None
     if image.format not in IMAGE_FORMATS:
         raise MediaError("unsupported_media", f"image format {image.format} is not accepted")
     _check_pixels(image.width, image.height, limits)

@@ -1,0 +1,51 @@
+"""The gateway's settings: one typed object read from HYBRID_* environment variables.
+
+Every default serves the embedded run (`make up`): tritonserver started by the gateway on loopback, the tiny
+profile, limits sized for a 2-core machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from hybrid.media import MediaLimits
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HYBRID_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+
+    # Triton. Empty URLs + embedded_triton: the gateway starts tritonserver itself on the ports below.
+    embedded_triton: bool = True
+    triton_grpc_url: str = ""  # host:port of an external Triton's gRPC endpoint
+    triton_http_url: str = ""  # http://host:port of its HTTP endpoint (statistics API)
+    model_repository: Path = PROJECT_ROOT / "model_repository"
+    embedded_http_port: int = 8000
+    embedded_grpc_port: int = 8001
+    embedded_metrics_port: int = 8002
+    triton_start_timeout_s: float = Field(600.0, gt=0)
+
+    profile: str = "tiny"  # the profile the repository serves: default steps and limits, reported with figures
+
+    # Bounds: what one request may ask for, and how many may be in flight before 429.
+    request_timeout_s: float = Field(300.0, gt=0)
+    max_in_flight: int = Field(8, ge=1)
+    retry_after_s: int = Field(1, ge=1)
+    max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(4096 * 4096, ge=1)
+    max_input_frames: int = Field(16, ge=1)
+    max_output_frames: int = Field(33, ge=1)
+    max_steps: int = Field(50, ge=1)
+
+    log_level: str = "info"
+
+    @property
+    def media_limits(self) -> MediaLimits:
+        return MediaLimits(self.max_upload_bytes, self.max_pixels, self.max_input_frames)
