@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
     finally:
         if triton is not None:
+            # A second Ctrl-C or SIGTERM must not interrupt the shutdown and orphan the server.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             log.info("stopping the embedded tritonserver")
             triton.stop()
     return 0

@@ -7,6 +7,8 @@ PYTHONPATH), waits for readiness and stops the whole process group on exit — n
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import importlib.util
 import logging
 import os
@@ -27,6 +29,15 @@ log = logging.getLogger(__name__)
 
 class TritonStartError(RuntimeError):
     pass
+
+
+def _detach_and_die_with_parent() -> None:
+    """Runs in the child before exec: a session of its own (stop() signals the whole group, Python-backend
+    stubs included), and SIGTERM from the kernel if the gateway dies without stopping it (Linux prctl)."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def pytriton_root() -> Path:
@@ -106,9 +117,12 @@ class EmbeddedTriton:
         ]
         log_file = open(self.log_path or self._workdir / "tritonserver.log", "ab")  # noqa: SIM115 - owned by the child
         log.info("starting tritonserver: %s", " ".join(command))
-        # Its own session: stop() signals the whole group, Python-backend stubs included.
         self.process = subprocess.Popen(
-            command, env=self._environment(), stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            env=self._environment(),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_detach_and_die_with_parent,  # noqa: PLW1509 - the child only calls setsid and prctl
         )
         log_file.close()
         self._wait_ready(timeout_s)
