@@ -1,0 +1,48 @@
+# The two commands: `make up` (run the service) and `make test` (run the tests). Everything else is optional.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: venv up test lint format repository bench loadtest clean
+
+# The venv is (re)built when pyproject.toml changes; torch 2.14.1 comes from the local wheel store here.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[all]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+## Embedded tritonserver + gateway on http://127.0.0.1:8080 (Ctrl-C stops both).
+up: venv
+	$(PY) -m service $(ARGS)
+
+## Lint, then every test (unit and integration: the integration tests start the real stack on loopback).
+test: venv
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -ra $(ARGS)
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check hybrid service export tests benchmarks
+
+format: venv
+	$(PY) -m ruff format hybrid service export tests benchmarks
+	$(PY) -m ruff check --fix .
+
+## Regenerate model_repository/ from hybrid/contracts.py (the tiny, CPU repository).
+repository: venv
+	$(PY) -m export.repository --out model_repository
+
+## The serving benchmark of the README (tiny profile, this machine): writes benchmarks/results/.
+bench: venv
+	$(PY) -m benchmarks.serving $(ARGS)
+
+## Locust against a running gateway (make up in another shell): make loadtest ARGS="--users 4 --run-time 60s"
+loadtest: venv
+	$(PY) -m loadtest $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,172 @@
+"""Serving benchmark for the README: the embedded stack vs the in-process reference pipeline, same inputs.
+
+    python -m benchmarks.serving [--requests 30] [--out benchmarks/results]
+
+1. starts `python -m service` (embedded tritonserver + gateway, as `make up` does with the venv present) and
+   times it to /readyz 200, sampling the whole process tree's resident memory throughout;
+2. sends the same PNG to /reconstruct for each pipeline, interleaved (hybrid, vlm, spatial, hybrid, …), one
+   request at a time after a warm-up, and records client-side latency;
+3. runs the same decode → reference.reconstruct on the same bytes in this process (the baseline without
+   gateway and Triton) and reports the difference of medians per pipeline;
+4. writes `<out>/serving-<profile>-<device>.json` and `.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks.procmem import PeakMemory
+from hybrid.contracts import PIPELINES
+from hybrid.media import MediaLimits, decode_media, encode_frames
+from tests.conftest import free_port
+from tests.media_samples import png
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": statistics.median(values) * 1000,
+        "p95_ms": percentile(values, 0.95) * 1000,
+        "mean_ms": statistics.fmean(values) * 1000,
+        "n": len(values),
+    }
+
+
+def wait_ready(process: subprocess.Popen, url: str) -> None:
+    while True:
+        if process.poll() is not None:
+            raise SystemExit(f"the service exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=30, help="measured requests per pipeline")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+
+    data = png(224, 224, seed=0)
+    ports = {k: free_port() for k in ("gateway", "http", "grpc", "metrics")}
+    url = f"http://127.0.0.1:{ports['gateway']}"
+    env = {
+        **os.environ,
+        "HYBRID_PORT": str(ports["gateway"]),
+        "HYBRID_EMBEDDED_HTTP_PORT": str(ports["http"]),
+        "HYBRID_EMBEDDED_GRPC_PORT": str(ports["grpc"]),
+        "HYBRID_EMBEDDED_METRICS_PORT": str(ports["metrics"]),
+        "HYBRID_LOG_LEVEL": "warning",
+    }
+    print("starting the stack…", flush=True)
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    served: dict[str, list[float]] = {p: [] for p in PIPELINES}
+    try:
+        with PeakMemory(process.pid) as memory, httpx.Client(timeout=300) as client:
+            wait_ready(process, url)
+            ready_s = time.perf_counter() - started
+            for i in range(args.warmup + args.requests):
+                for pipeline in PIPELINES:
+                    t0 = time.perf_counter()
+                    reply = client.post(
+                        f"{url}/reconstruct", params={"pipeline": pipeline}, files={"file": ("in.png", data)}
+                    )
+                    elapsed = time.perf_counter() - t0
+                    reply.raise_for_status()
+                    if i >= args.warmup:
+                        served[pipeline].append(elapsed)
+            print(f"served {args.requests} requests per pipeline", flush=True)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(60)
+
+    # The same work in-process: decode, encoders, head, decoder, PNG encode; no HTTP, no Triton.
+    from hybrid.pipeline import ReferencePipeline
+    from hybrid.profiles import get_profile
+
+    profile = get_profile("tiny")
+    reference = ReferencePipeline.build(profile, device="cpu")
+    inproc: dict[str, list[float]] = {p: [] for p in PIPELINES}
+    for i in range(args.warmup + args.requests):
+        for pipeline in PIPELINES:
+            t0 = time.perf_counter()
+            frames = decode_media(data, MediaLimits()).frames
+            video = reference.reconstruct(frames, pipeline, 1, profile.decoder.default_steps, 0)
+            encode_frames(video, "png")
+            if i >= args.warmup:
+                inproc[pipeline].append(time.perf_counter() - t0)
+
+    results = {
+        "device": f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "profile": "tiny",
+        "dtype": "float32",
+        "batch": 1,
+        "input": "224x224 PNG",
+        "output": f"1 frame {profile.decoder.width}x{profile.decoder.height} PNG, "
+        f"{profile.decoder.default_steps} steps",
+        "command": "python -m benchmarks.serving " + " ".join(argv or sys.argv[1:]),
+        "time_to_ready_s": ready_s,
+        "peak_stack_rss_mib": memory.peak_bytes / 2**20,
+        "served": {p: summary(v) for p, v in served.items()},
+        "in_process": {p: summary(v) for p, v in inproc.items()},
+    }
+    results["serving_overhead_ms"] = {
+        p: results["served"][p]["p50_ms"] - results["in_process"][p]["p50_ms"] for p in PIPELINES
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / "serving-tiny-cpu"
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(results))
+    print(markdown(results))
+
+
+def markdown(r: dict) -> str:
+    lines = [
+        f"Device: {r['device']}; profile {r['profile']}, {r['dtype']}, batch {r['batch']}, input {r['input']}, "
+        f"output {r['output']}.",
+        f"Command: `{r['command'].strip()}`",
+        "",
+        "| pipeline | /reconstruct p50 (ms) | p95 (ms) | in-process p50 (ms) | gateway + Triton overhead (ms) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for p in PIPELINES:
+        s, i = r["served"][p], r["in_process"][p]
+        lines.append(
+            f"| {p} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {i['p50_ms']:.1f} | {r['serving_overhead_ms'][p]:.1f} |"
+        )
+    lines += [
+        "",
+        f"Time from start (venv present) to ready: {r['time_to_ready_s']:.1f} s. "
+        f"Peak resident memory of the stack (gateway + tritonserver + model stubs): {r['peak_stack_rss_mib']:.0f} MiB.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
