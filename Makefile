@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: venv up test lint format repository bench loadtest clean
+.PHONY: venv system-deps up test lint format repository bench overhead loadtest clean
 
 # The venv is (re)built when pyproject.toml changes; torch 2.14.1 comes from the local wheel store here.
 $(VENV)/.installed: pyproject.toml
@@ -15,12 +15,19 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+## Debian packages the tests start for real: Prometheus (the E-P2.6 dashboard test), promtool, docker-compose
+## (validates the compose file without an engine). Needs root or sudo; skipped when already present.
+system-deps:
+	@command -v prometheus >/dev/null && command -v docker-compose >/dev/null || { \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus docker-compose; }
+
 ## Embedded tritonserver + gateway on http://127.0.0.1:8080 (Ctrl-C stops both).
 up: venv
 	$(PY) -m service $(ARGS)
 
 ## Lint, then every test (unit and integration: the integration tests start the real stack on loopback).
-test: venv
+test: venv system-deps
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -ra $(ARGS)
 
@@ -40,8 +47,12 @@ repository: venv
 bench: venv
 	$(PY) -m benchmarks.serving $(ARGS)
 
+## The paired E-P2.6 benchmark against a running gateway (make up first): JSON, markdown table and PNG chart.
+overhead: venv
+	$(PY) -m benchmarks.overhead $(ARGS)
+
 ## Locust against a running gateway (make up in another shell): make loadtest ARGS="--users 4 --run-time 60s"
-loadtest: venv
+loadtest: venv system-deps
 	$(PY) -m loadtest $(ARGS)
 
 clean:

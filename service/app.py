@@ -25,6 +25,7 @@ from hybrid.media import OUTPUT_FORMATS, SINGLE_FRAME_FORMATS, DecodedMedia, Med
 from hybrid.profiles import get_profile
 from service.errors import ApiError, error_response, install_error_handlers
 from service.metrics import GatewayMetrics
+from service.overhead import OverheadCollector, OverheadTracker
 from service.settings import Settings
 from service.triton_client import TritonClient
 
@@ -66,11 +67,21 @@ def create_app(settings: Settings | None = None, triton: TritonClient | None = N
     settings = settings or Settings()
     profile = get_profile(settings.profile)
     metrics = GatewayMetrics()
+    tracker = OverheadTracker(
+        settings.overhead_window_s,
+        settings.overhead_budget,
+        settings.overhead_min_samples,
+        settings.device,
+        settings.profile,
+    )
+    metrics.registry.register(OverheadCollector(tracker))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.triton = triton or TritonClient(settings.triton_grpc_url, settings.request_timeout_s)
+        tracker.start_polling(settings.triton_http_url, settings.stats_interval_s)
         yield
+        await tracker.stop_polling()
         await app.state.triton.close()
 
     app = FastAPI(
@@ -136,9 +147,11 @@ def create_app(settings: Settings | None = None, triton: TritonClient | None = N
             return await call_next(request)
         start = time.perf_counter()
         response = await call_next(request)
-        metrics.observe(
-            endpoint, request.query_params.get("pipeline", "hybrid"), response.status_code, time.perf_counter() - start
-        )
+        elapsed = time.perf_counter() - start
+        pipeline = request.query_params.get("pipeline", "hybrid")
+        metrics.observe(endpoint, pipeline, response.status_code, elapsed)
+        if response.status_code == 200:
+            tracker.latencies.add(endpoint, pipeline, elapsed)
         return response
 
     @app.post(
@@ -244,6 +257,10 @@ def create_app(settings: Settings | None = None, triton: TritonClient | None = N
             return error_response(503, exc.code, exc.message)
         ready = all(status.values())
         return JSONResponse({"ready": ready, "models": status}, status_code=200 if ready else 503)
+
+    @app.get("/v1/overhead", summary="E-P2.6: hybrid-over-vlm latency overhead, per pipeline and per stage")
+    async def overhead_report() -> dict:
+        return tracker.report()
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus_metrics() -> Response:

@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     max_output_frames: int = Field(33, ge=1)
     max_steps: int = Field(50, ge=1)
 
+    # E-P2.6: the overhead of hybrid over vlm, over a sliding window of successful requests.
+    overhead_budget: float = Field(0.25, gt=0)
+    overhead_window_s: float = Field(300.0, gt=0)
+    overhead_min_samples: int = Field(5, ge=1)
+    stats_interval_s: float = Field(2.0, gt=0)  # how often Triton's statistics API is polled for stage times
+    device: str = "cpu"  # reported with every figure: what Triton runs on (e.g. "NVIDIA H100 80GB")
+
     log_level: str = "info"
 
     @property

@@ -707,6 +707,7 @@ GATEWAY_METRICS = {
     "hybrid_overhead_ratio",
     "hybrid_overhead_budget_ratio",
     "hybrid_overhead_samples",
+    "hybrid_stage_duration_seconds",
 }
 TRITON_METRICS = {
     "nv_inference_request_success",
@@ -718,6 +719,8 @@ TRITON_METRICS = {
     "nv_gpu_utilization",
     "nv_gpu_memory_used_bytes",
     "nv_gpu_memory_total_bytes",
+    "nv_cpu_utilization",
+    "nv_cpu_memory_used_bytes",
 }
 PROMQL_WORDS = {
     "sum", "max", "min", "avg", "count", "rate", "irate", "increase", "histogram_quantile", "clamp_min",

@@ -1,0 +1,233 @@
+"""E-P2.6 paired benchmark against a running gateway: is hybrid within 25% of the vlm baseline?
+
+    python -m benchmarks.overhead --url http://127.0.0.1:8080 --pairs 40 --out benchmarks/results
+
+N pairs of identical inputs: each pair sends the same image to hybrid and vlm (and spatial) back to back, in an
+order that alternates between pairs so drift and warm caches favour neither. For /reconstruct (end to end) and
+/encode (the encode_* ensembles) it reports medians, the overhead median(hybrid)/median(vlm) − 1 with a paired
+bootstrap 95% confidence interval, and the verdict against the budget. The stage breakdown comes from the
+gateway's /v1/overhead (Triton's statistics API). Writes <out>/overhead-<profile>.json, .md and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from hybrid.media import encode_frames
+
+PIPELINES = ("hybrid", "vlm", "spatial")
+ENDPOINTS = ("reconstruct", "encode")
+STAGE_ORDER = ("preprocess", "vlm_encoder", "spatial_encoder", "fusion", "vlm_adapter", "spatial_adapter",
+               "video_decoder")  # fmt: skip
+
+
+def make_inputs(count: int, size: int, seed: int) -> list[bytes]:
+    """Deterministic smooth-noise PNGs: the same bytes go to every pipeline of a pair."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size]
+    images = []
+    for _ in range(count):
+        phase = rng.uniform(0, 255, 3)
+        base = np.stack([(x + phase[0]) % 256, (y + phase[1]) % 256, (x + y + phase[2]) % 256], -1)
+        noisy = np.clip(base + rng.normal(0, 16, base.shape), 0, 255).astype(np.uint8)
+        images.append(encode_frames(noisy[None], "png"))
+    return images
+
+
+def bootstrap_ratio_ci(hybrid: list[float], vlm: list[float], resamples: int, seed: int) -> tuple[float, float]:
+    """95% CI of median(hybrid)/median(vlm) − 1, resampling pairs (the two stay matched)."""
+    rng = np.random.default_rng(seed)
+    h, v = np.asarray(hybrid), np.asarray(vlm)
+    index = rng.integers(0, len(h), size=(resamples, len(h)))
+    ratios = np.median(h[index], axis=1) / np.median(v[index], axis=1) - 1
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def run_pairs(url: str, pairs: int, inputs: list[bytes], params: dict[str, int], warmup: int) -> dict:
+    """Latency per endpoint and pipeline, aligned by pair index."""
+    latencies: dict[str, dict[str, list[float]]] = {e: {p: [] for p in PIPELINES} for e in ENDPOINTS}
+    order_rng = random.Random(0)
+    with httpx.Client(timeout=300) as client:
+        for i in range(warmup + pairs):
+            data = inputs[i % len(inputs)]
+            for endpoint in ENDPOINTS:
+                order = list(PIPELINES)
+                order_rng.shuffle(order)  # interleaved A/B: no pipeline always goes first
+                for pipeline in order:
+                    query = {"pipeline": pipeline, **(params if endpoint == "reconstruct" else {})}
+                    started = time.perf_counter()
+                    reply = client.post(f"{url}/{endpoint}", params=query, files={"file": ("in.png", data)})
+                    elapsed = time.perf_counter() - started
+                    if reply.status_code != 200:
+                        raise SystemExit(f"{endpoint} {pipeline}: HTTP {reply.status_code}: {reply.text[:300]}")
+                    if i >= warmup:
+                        latencies[endpoint][pipeline].append(elapsed)
+            if i >= warmup and (i - warmup + 1) % 10 == 0:
+                print(f"  {i - warmup + 1}/{pairs} pairs", flush=True)
+    return latencies
+
+
+def analyse(latencies: dict, budget: float, resamples: int) -> dict:
+    out: dict = {}
+    for endpoint in ENDPOINTS:
+        data = latencies[endpoint]
+        medians = {p: statistics.median(v) for p, v in data.items()}
+        p95 = {p: float(np.percentile(v, 95)) for p, v in data.items()}
+        ratio = medians["hybrid"] / medians["vlm"] - 1
+        low, high = bootstrap_ratio_ci(data["hybrid"], data["vlm"], resamples, seed=1)
+        verdict = "within_budget" if high <= budget else ("over_budget" if low > budget else "inconclusive")
+        out[endpoint] = {
+            "median_s": medians,
+            "p95_s": p95,
+            "overhead_median": ratio,
+            "overhead_ci95": [low, high],
+            "overhead_p95": p95["hybrid"] / p95["vlm"] - 1,
+            "verdict": verdict,
+        }
+    return out
+
+
+def chart(result: dict, path: Path) -> None:
+    """Stacked per-stage time per pipeline (Triton statistics), measured end-to-end medians, and the budget line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = result["server"]["pipelines"]
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    colors = plt.get_cmap("tab10")
+    e2e = result["analysis"]["reconstruct"]["median_s"]
+    for x, pipeline in enumerate(PIPELINES):
+        bottom = 0.0
+        for k, stage in enumerate(STAGE_ORDER):
+            entry = stages[pipeline]["stages"].get(stage)
+            if not entry:
+                continue
+            height = (entry["compute_mean_s"] + entry["queue_mean_s"]) * 1000
+            ax.bar(x, height, bottom=bottom, color=colors(k), width=0.55, label=stage if x == 0 or k > 2 else None)
+            bottom += height
+        serving = max(e2e[pipeline] * 1000 - bottom, 0.0)
+        ax.bar(
+            x,
+            serving,
+            bottom=bottom,
+            color="#cccccc",
+            width=0.55,
+            hatch="//",
+            label="gateway + transport" if x == 0 else None,
+        )
+        ax.plot([x - 0.33, x + 0.33], [e2e[pipeline] * 1000] * 2, color="black", lw=2)
+        ax.annotate(f"{e2e[pipeline] * 1000:.0f} ms", (x, e2e[pipeline] * 1000), xytext=(0, 5),
+                    textcoords="offset points", ha="center", fontsize=9)  # fmt: skip
+    budget_ms = e2e["vlm"] * (1 + result["budget"]) * 1000
+    ax.axhline(budget_ms, color="crimson", ls="--", lw=1.5)
+    ax.text(2.45, budget_ms, f" budget: vlm +{result['budget']:.0%}", color="crimson", va="bottom", ha="right")
+    analysis = result["analysis"]["reconstruct"]
+    low, high = analysis["overhead_ci95"]
+    ax.set_title(
+        f"E-P2.6 end to end: hybrid vs vlm {analysis['overhead_median']:+.1%} (95% CI {low:+.1%} … {high:+.1%}) "
+        f"— {analysis['verdict'].replace('_', ' ')}\n{result['profile']} profile, {result['device']}",
+        fontsize=10,
+    )
+    ax.set_xticks(range(len(PIPELINES)), PIPELINES)
+    fig.text(
+        0.01,
+        0.01,
+        "Stage means include queueing; hybrid's two encoder branches run concurrently, so its stack can exceed "
+        "its measured median.",
+        fontsize=7,
+        color="dimgray",
+    )
+    ax.set_ylabel("ms per request (stage means stacked; black bar = measured median)")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=False))
+    ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"E-P2.6 paired benchmark — device: {result['device']}; profile {result['profile']}; batch 1; input "
+        f"{result['input']}; {result['pairs']} pairs; budget {result['budget']:.0%}.",
+        f"Command: `{result['command']}`",
+        "",
+        "| endpoint | hybrid median | vlm median | spatial median | overhead (median) | 95% CI | overhead (p95) "
+        "| verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for endpoint in ENDPOINTS:
+        a = result["analysis"][endpoint]
+        m = a["median_s"]
+        low, high = a["overhead_ci95"]
+        lines.append(
+            f"| {endpoint} | {m['hybrid'] * 1000:.1f} ms | {m['vlm'] * 1000:.1f} ms | {m['spatial'] * 1000:.1f} ms | "
+            f"{a['overhead_median']:+.1%} | {low:+.1%} … {high:+.1%} | {a['overhead_p95']:+.1%} | {a['verdict']} |"
+        )
+    lines += ["", "Stage means from Triton's statistics API (queue + compute per request, ms):", "",
+              "| stage | " + " | ".join(PIPELINES) + " |", "|---|" + "---:|" * len(PIPELINES)]  # fmt: skip
+    for stage in STAGE_ORDER:
+        cells = []
+        for pipeline in PIPELINES:
+            entry = result["server"]["pipelines"][pipeline]["stages"].get(stage)
+            cells.append(f"{(entry['compute_mean_s'] + entry['queue_mean_s']) * 1000:.1f}" if entry else "—")
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--pairs", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--frames", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--size", type=int, default=224, help="input image side in pixels")
+    parser.add_argument("--budget", type=float, default=0.25)
+    parser.add_argument("--resamples", type=int, default=5000)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args(argv)
+
+    if httpx.get(f"{args.url}/readyz", timeout=10).status_code != 200:
+        print(f"{args.url} is not ready", file=sys.stderr)
+        return 2
+    params = {"frames": args.frames} | ({"steps": args.steps} if args.steps else {})
+    inputs = make_inputs(8, args.size, seed=0)
+    print(f"{args.pairs} pairs against {args.url} …", flush=True)
+    latencies = run_pairs(args.url, args.pairs, inputs, params, args.warmup)
+    server = httpx.get(f"{args.url}/v1/overhead", timeout=10).json()
+    result = {
+        "device": server["device"],
+        "profile": server["profile"],
+        "input": f"{args.size}x{args.size} PNG, frames={args.frames}, steps={args.steps or 'profile default'}",
+        "pairs": args.pairs,
+        "budget": args.budget,
+        "command": "python -m benchmarks.overhead " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "analysis": analyse(latencies, args.budget, args.resamples),
+        "latencies_s": latencies,
+        "server": server,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"overhead-{result['profile']}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(result))
+    chart(result, stem.with_suffix(".png"))
+    print(markdown(result))
+    print(f"wrote {stem}.json, .md, .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""E-P2.6 end to end: traffic through the real stack, /v1/overhead and /metrics, and a real Prometheus (Debian's
+package) scraping the gateway and Triton with the deployment's own config, answering every dashboard query."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests import media_samples
+from tests.conftest import Stack, free_port
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "e-p2-6.json"
+PROMETHEUS_CONFIG = ROOT / "docker" / "prometheus" / "prometheus.yml"
+
+
+@pytest.fixture(scope="module")
+def traffic(stack: Stack) -> None:
+    """Enough successful requests on every pipeline and both endpoints for the overhead window, plus a rejected
+    one. Interleaved so that hybrid and vlm see the same conditions."""
+    with httpx.Client(timeout=300) as client:
+        for i in range(6):
+            for pipeline in ("hybrid", "vlm", "spatial"):
+                for endpoint in ("reconstruct", "encode"):
+                    reply = client.post(
+                        f"{stack.gateway_url}/{endpoint}",
+                        params={"pipeline": pipeline},
+                        files={"file": ("in.png", media_samples.png(seed=i))},
+                    )
+                    assert reply.status_code == 200, reply.text
+        assert client.post(f"{stack.gateway_url}/encode", files={"file": ("x", b"junk")}).status_code == 422
+    time.sleep(5)  # two polls of Triton's statistics API (HYBRID_STATS_INTERVAL_S = 2)
+
+
+def test_overhead_report(stack: Stack, traffic: None) -> None:
+    report = httpx.get(f"{stack.gateway_url}/v1/overhead").json()
+    assert report["experiment"] == "E-P2.6" and report["budget"] == 0.25 and report["profile"] == "tiny"
+    for scope in ("end_to_end", "encode"):
+        entry = report["overhead"][scope]
+        assert entry["samples"]["hybrid"] >= 6 and entry["samples"]["vlm"] >= 6
+        assert entry["verdict"] in ("within_budget", "over_budget")
+        assert isinstance(entry["p50"], float) and isinstance(entry["p95"], float)
+    hybrid = report["pipelines"]["hybrid"]
+    assert hybrid["reconstruct"]["p50_s"] > 0 and hybrid["encode"]["p95_s"] >= hybrid["encode"]["p50_s"]
+    # The stage breakdown covers exactly the models of each pipeline's chain.
+    assert set(hybrid["stages"]) == {"preprocess", "vlm_encoder", "spatial_encoder", "fusion", "video_decoder"}
+    assert set(report["pipelines"]["spatial"]["stages"]) == {
+        "preprocess",
+        "spatial_encoder",
+        "spatial_adapter",
+        "video_decoder",
+    }
+    for entry in report["stages"].values():
+        assert entry["requests"] > 0 and entry["compute_mean_s"] > 0 and entry["queue_mean_s"] >= 0
+
+
+def test_metrics_expose_overhead_and_stages(stack: Stack, traffic: None) -> None:
+    text = httpx.get(f"{stack.gateway_url}/metrics").text
+    for needle in (
+        'hybrid_overhead_ratio{quantile="0.5",scope="end_to_end"}',
+        'hybrid_overhead_ratio{quantile="0.95",scope="encode"}',
+        "hybrid_overhead_budget_ratio 0.25",
+        'hybrid_overhead_samples{pipeline="vlm",scope="encode"}',
+        'hybrid_stage_duration_seconds{model="video_decoder",phase="compute"}',
+    ):
+        assert needle in text, needle
+    ratio = next(line for line in text.splitlines() if line.startswith('hybrid_overhead_ratio{quantile="0.5"'))
+    assert ratio.split()[-1] != "NaN"
+
+
+@pytest.fixture(scope="module")
+def prometheus(stack: Stack, traffic: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = shutil.which("prometheus")
+    assert binary, "Prometheus is missing: `make test` installs Debian's `prometheus` package (make system-deps)"
+    workdir = tmp_path_factory.mktemp("prometheus")
+    # The deployment's own scrape config, with loopback targets and a fast interval.
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = "1s"
+    targets = {"gateway": stack.gateway_url, "triton": stack.triton_metrics_url.removesuffix("/metrics")}
+    assert {job["job_name"] for job in config["scrape_configs"]} == set(targets)
+    for job in config["scrape_configs"]:
+        job["static_configs"] = [{"targets": [targets[job["job_name"]].removeprefix("http://")]}]
+    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+    url = f"http://127.0.0.1:{free_port()}"
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address={url.removeprefix('http://')}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(workdir / "prometheus.log").open("wb"),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None, (workdir / "prometheus.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "Prometheus did not become ready"
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def _dashboard_queries() -> list[tuple[str, str]]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [(panel["title"], t["expr"]) for panel in dashboard["panels"] for t in panel.get("targets", [])]
+
+
+def _triton_has_gpu_metrics(stack: Stack) -> bool:
+    return "nv_gpu_utilization" in httpx.get(stack.triton_metrics_url).text
+
+
+def test_every_dashboard_query_returns_data(stack: Stack, prometheus: str) -> None:
+    queries = _dashboard_queries()
+    assert len(queries) >= 15
+    gpu = _triton_has_gpu_metrics(stack)
+    # Keep the traffic going while Prometheus collects the two samples rate() needs.
+    pending = {expr for _, expr in queries if gpu or "nv_gpu_" not in expr}
+    deadline = time.monotonic() + 90
+    with httpx.Client(timeout=300) as client:
+        while pending and time.monotonic() < deadline:
+            for pipeline in ("hybrid", "vlm"):
+                client.post(
+                    f"{stack.gateway_url}/reconstruct",
+                    params={"pipeline": pipeline},
+                    files={"file": ("in.png", media_samples.png())},
+                )
+            for expr in sorted(pending):
+                reply = client.get(f"{prometheus}/api/v1/query", params={"query": expr})
+                assert reply.status_code == 200 and reply.json()["status"] == "success", (expr, reply.text)
+                if reply.json()["data"]["result"]:
+                    pending.discard(expr)
+            time.sleep(1)
+    assert not pending, f"dashboard queries with no data: {sorted(pending)}"
+    if not gpu:
+        # The GPU series are the only ones allowed to be absent, and only because this Triton has no GPU.
+        skipped = [expr for _, expr in queries if "nv_gpu_" in expr]
+        assert skipped and all(expr.startswith("nv_gpu_") for expr in skipped)
