@@ -61,8 +61,9 @@ def build_decoder(profile: Profile, device: str | torch.device = "cpu") -> Video
     dtype = getattr(torch, profile.dtype)
     if profile.random_weights or cfg.checkpoint is None:
         torch.manual_seed(profile.seed)
-        transformer = LTXVideoTransformer3DModel(**cfg.transformer)
-        vae = AutoencoderKLLTXVideo(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.vae.items()})
+        with torch.device(device):  # initialize on the target device: seconds for 2B parameters on a GPU
+            transformer = LTXVideoTransformer3DModel(**cfg.transformer)
+            vae = AutoencoderKLLTXVideo(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.vae.items()})
         # Small latents: whole-clip decoding (LTX's defaults split frames only for memory on long clips).
         vae.use_framewise_encoding = vae.use_framewise_decoding = False
         pipeline = LTXPipeline(

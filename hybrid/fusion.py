@@ -99,11 +99,11 @@ class QueryFusion(nn.Module):
             if stream == "vlm":
                 if vlm_tokens is None:
                     raise ValueError("this module fuses VLM tokens: vlm_tokens is required")
-                x = self.vlm_proj(vlm_tokens)
+                x = self.vlm_proj(vlm_tokens.to(self.queries.dtype))
             else:
                 if spatial_tokens is None:
                     raise ValueError("this module fuses spatial tokens: spatial_tokens is required")
-                x = self.spatial_proj(spatial_tokens)
+                x = self.spatial_proj(spatial_tokens.to(self.queries.dtype))
                 b, n, d = x.shape
                 # The same patch-grid position for every frame: reshape to [B, F, 256, d] and broadcast.
                 x = (x.reshape(b, -1, SPATIAL_PATCHES_PER_FRAME, d) + self.spatial_pos).reshape(b, n, d)

@@ -38,7 +38,8 @@ def build_spatial(profile: Profile, device: str | torch.device = "cpu") -> Spati
     kwargs = {"img_size": IMAGE_SIZE, **cfg.overrides}
     if profile.random_weights:
         torch.manual_seed(profile.seed)
-        backbone = timm.create_model(name, pretrained=False, **kwargs)
+        with torch.device(device):
+            backbone = timm.create_model(name, pretrained=False, **kwargs)
     elif cfg.checkpoint:
         backbone = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": cfg.checkpoint}, **kwargs)
     else:

@@ -80,7 +80,9 @@ def build_vlm(profile: Profile, device: str | torch.device = "cpu") -> VLMFeatur
     prompt_ids: list[int] = []
     if profile.random_weights or cfg.checkpoint is None:
         torch.manual_seed(profile.seed)
-        model = Qwen2_5_VLModel(build_qwen_config(cfg)).to(dtype)
+        # Built on the target device in the target dtype: a 7B model initialized on a CPU in fp32 takes minutes.
+        with torch.device(device):
+            model = Qwen2_5_VLModel._from_config(build_qwen_config(cfg), dtype=dtype)
     else:
         model = Qwen2_5_VLModel.from_pretrained(cfg.checkpoint, dtype=dtype, local_files_only=True)
         if cfg.prompt:
