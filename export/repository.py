@@ -4,6 +4,8 @@ profile (a test keeps them equal); other profiles and devices are generated with
 
     python -m export.repository --profile full --profile-overrides '{"random_weights": true}' \
         --instance-kind KIND_GPU --out build/model_repository
+
+This is the `torch` target of `python -m export`; `export.targets` derives the other targets from it.
 """
 
 from __future__ import annotations
@@ -56,11 +58,11 @@ def _tensor(spec: TensorSpec) -> str:
     return f'  {{\n    name: "{spec.name}"\n    data_type: TYPE_{spec.dtype}\n    dims: [ {dims} ]\n  }}'
 
 
-def _io_block(key: str, specs: tuple[TensorSpec, ...]) -> str:
+def io_block(key: str, specs: tuple[TensorSpec, ...]) -> str:
     return f"{key} [\n" + ",\n".join(_tensor(s) for s in specs) + "\n]\n"
 
 
-def _parameters(params: dict[str, str]) -> str:
+def parameters_block(params: dict[str, str]) -> str:
     return "".join(
         f'parameters {{\n  key: "{k}"\n  value: {{ string_value: {json.dumps(v)} }}\n}}\n' for k, v in params.items()
     )
@@ -82,11 +84,11 @@ def python_model_config(spec: ModelSpec, options: RepositoryOptions) -> str:
     kind = "KIND_CPU" if spec.name == "preprocess" else options.instance_kind
     return (
         f'name: "{spec.name}"\nbackend: "python"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
-        + _io_block("input", spec.inputs)
-        + _io_block("output", spec.outputs)
+        + io_block("input", spec.inputs)
+        + io_block("output", spec.outputs)
         + batching
         + f"instance_group [\n  {{\n    count: 1\n    kind: {kind}\n  }}\n]\n"
-        + _parameters(params)
+        + parameters_block(params)
     )
 
 
@@ -113,20 +115,25 @@ def ensemble_config(kind: str, pipeline: str, specs: dict[str, ModelSpec]) -> st
         steps.append(_step(spec))
     return (
         f'name: "{ensemble_name(kind, pipeline)}"\nplatform: "ensemble"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
-        + _io_block("input", tuple(inputs))
-        + _io_block("output", (output,))
+        + io_block("input", tuple(inputs))
+        + io_block("output", (output,))
         + "ensemble_scheduling {\n  step [\n"
         + ",\n".join(steps)
         + "\n  ]\n}\n"
     )
 
 
-def model_py(name: str) -> str:
+def model_py_for(name: str, class_name: str) -> str:
+    """A model's `1/model.py`: one import of its class in `hybrid.serving`."""
     return (
         f'"""Triton Python-backend model `{name}`: a thin adapter over hybrid.serving."""\n\n'
-        f"from hybrid.serving import {PYTHON_MODELS[name]} as TritonPythonModel\n\n"
+        f"from hybrid.serving import {class_name} as TritonPythonModel\n\n"
         '__all__ = ["TritonPythonModel"]\n'
     )
+
+
+def model_py(name: str) -> str:
+    return model_py_for(name, PYTHON_MODELS[name])
 
 
 def render(options: RepositoryOptions) -> dict[str, str]:

@@ -1,0 +1,162 @@
+"""One Triton model repository per deployment target, all with the same ensembles and the same tensor contract.
+
+| target        | spatial_encoder, fusion, vlm_adapter, spatial_adapter                   | where it runs            |
+|---------------|--------------------------------------------------------------------------|--------------------------|
+| `embedded`    | Python backend running `<model>/1/model.onnx` with onnxruntime           | the bundled tritonserver |
+| `onnxruntime` | `platform: "onnxruntime_onnx"`, `<model>/1/model.onnx`                   | NGC Triton images        |
+| `tensorrt`    | `platform: "tensorrt_plan"`, `<model>/1/model.plan` (KIND_GPU)           | NGC Triton, same release |
+| `torch`       | the Python-backend torch models of `export.repository`                   | anywhere                 |
+
+preprocess, vlm_encoder and video_decoder stay Python-backend torch models in every target, and every ensemble
+is `export.repository`'s, unchanged: each target only swaps how four composing models are implemented, behind
+the same names, data types and dims (`hybrid.contracts.model_specs`). The exported graphs present exactly those
+dims with the batch dimension first, so the native configs carry `max_batch_size` like the Python ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from export.exportable import EXPORTED_MODELS
+from export.repository import (
+    RepositoryOptions,
+    io_block,
+    model_py_for,
+    parameters_block,
+    python_model_config,
+    render,
+)
+from hybrid.contracts import MAX_BATCH_SIZE, ModelSpec, model_specs
+from hybrid.profiles import get_profile
+
+TARGETS: tuple[str, ...] = ("embedded", "onnxruntime", "tensorrt", "torch")
+PRECISIONS: dict[str, tuple[str, ...]] = {
+    # onnxruntime's CPU provider has no bf16 kernels: ONNX files are fp32 or fp16.
+    "embedded": ("fp32", "fp16"),
+    "onnxruntime": ("fp32", "fp16"),
+    "tensorrt": ("fp16", "bf16", "fp32"),
+    "torch": ("fp32", "fp16", "bf16"),
+}
+"""Precisions per target; the first is the default, except `torch`, whose default is the profile's own dtype."""
+ARTIFACT_FILES: dict[str, str] = {"embedded": "model.onnx", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}
+"""Where each target's exported file lies inside `<model>/1/` (Triton's default_model_filename for natives)."""
+PLATFORMS: dict[str, str] = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
+TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+CUDA_GRAPH_CLASSES: dict[str, str] = {
+    "spatial_encoder": "CudaGraphSpatialEncoderModel",
+    "fusion": "CudaGraphFusionHeadModel",
+    "vlm_adapter": "CudaGraphFusionHeadModel",
+    "spatial_adapter": "CudaGraphFusionHeadModel",
+}
+"""torch target with CUDA graphs: the models whose forward is capturable (no host sync, static control flow).
+Not vlm_encoder (Qwen's vision tower builds cu_seqlens on the host; capture fails) nor video_decoder (the
+diffusion loop steps a scheduler on the host)."""
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    target: str = "embedded"
+    precision: str | None = None  # None: the target's default
+    repository: RepositoryOptions = RepositoryOptions()
+    exported: tuple[str, ...] = EXPORTED_MODELS  # the models this target replaces (all four unless narrowed)
+    ort_intra_op_threads: int = 0  # embedded: onnxruntime threads per model (0 = one per core)
+    cuda_graphs: bool = False  # torch: replay CUDA graphs in the spatial encoder and fusion heads on a GPU
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
+        if self.precision is not None and self.precision not in PRECISIONS[self.target]:
+            raise ValueError(
+                f"the {self.target} target takes precision {' or '.join(PRECISIONS[self.target])}, not "
+                f"{self.precision}" + (" (onnxruntime runs no bf16 on the CPU)" if self.precision == "bf16" else "")
+            )
+        if set(self.exported) - set(EXPORTED_MODELS):
+            raise ValueError(f"only {', '.join(EXPORTED_MODELS)} are exported")
+        if self.cuda_graphs and self.target != "torch":
+            raise ValueError("CUDA graphs are a torch-target option (TensorRT and onnxruntime schedule their own)")
+
+    @property
+    def resolved_precision(self) -> str | None:
+        """The precision in effect; None for a torch target that keeps the profile's dtype."""
+        if self.precision is not None or self.target == "torch":
+            return self.precision
+        return PRECISIONS[self.target][0]
+
+    @property
+    def onnx_precision(self) -> str:
+        """The precision of the ONNX files: TensorRT builds from fp32 ONNX and applies fp16/bf16 as flags."""
+        return "fp32" if self.target == "tensorrt" else str(self.resolved_precision)
+
+
+def torch_repository_options(options: TargetOptions) -> RepositoryOptions:
+    """The repository options of the Python-backend models; a torch target's precision becomes the profile dtype
+    (applied on a GPU only: `hybrid.runtime.for_device` keeps fp32 on a CPU)."""
+    if options.target != "torch" or options.precision is None:
+        return options.repository
+    overrides = json.loads(options.repository.profile_overrides or "{}")
+    overrides["dtype"] = TORCH_DTYPES[options.precision]
+    return dataclasses.replace(options.repository, profile_overrides=json.dumps(overrides, sort_keys=True))
+
+
+def native_model_config(spec: ModelSpec, platform: str, options: RepositoryOptions) -> str:
+    """config.pbtxt of an `onnxruntime_onnx` or `tensorrt_plan` model: the contract's tensors, batch first."""
+    batching = (
+        f"dynamic_batching {{\n  max_queue_delay_microseconds: {options.max_queue_delay_us}\n}}\n"
+        if spec.dynamic_batching
+        else ""
+    )
+    # Triton's TensorRT backend runs on GPUs only.
+    kind = "KIND_GPU" if platform == "tensorrt_plan" else options.instance_kind
+    filename = "model.plan" if platform == "tensorrt_plan" else "model.onnx"
+    return (
+        f'name: "{spec.name}"\nplatform: "{platform}"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
+        f'default_model_filename: "{filename}"\n'
+        + io_block("input", spec.inputs)
+        + io_block("output", spec.outputs)
+        + batching
+        + f"instance_group [\n  {{\n    count: 1\n    kind: {kind}\n  }}\n]\n"
+    )
+
+
+def embedded_model_config(spec: ModelSpec, options: TargetOptions) -> str:
+    """config.pbtxt of a Python-backend model that runs the exported ONNX with onnxruntime."""
+    params = {
+        "onnx_file": ARTIFACT_FILES["embedded"],
+        "onnx_precision": options.onnx_precision,
+        "ort_intra_op_threads": str(options.ort_intra_op_threads),
+    }
+    return python_model_config(spec, options.repository) + parameters_block(params)
+
+
+def render_target(options: TargetOptions) -> dict[str, str]:
+    """Relative path → content of every text file of the target's repository (configs, model.py adapters,
+    ensembles). The exported artifacts are binary and written by `python -m export`, at
+    `<model>/1/<ARTIFACT_FILES[target]>`."""
+    repository = torch_repository_options(options)
+    files = render(repository)
+    if options.target == "torch":
+        if options.cuda_graphs:
+            for name, class_name in CUDA_GRAPH_CLASSES.items():
+                files[f"{name}/1/model.py"] = model_py_for(name, class_name)
+                files[f"{name}/config.pbtxt"] += parameters_block({"cuda_graph_max_shapes": "8"})
+        return files
+    profile = get_profile(repository.profile, json.loads(repository.profile_overrides or "{}"))
+    specs = model_specs(profile.vlm.dim, profile.spatial.dim)
+    for name in options.exported:
+        if options.target == "embedded":
+            files[f"{name}/config.pbtxt"] = embedded_model_config(specs[name], options)
+            files[f"{name}/1/model.py"] = model_py_for(name, "OnnxRuntimeModel")
+        else:
+            files[f"{name}/config.pbtxt"] = native_model_config(specs[name], PLATFORMS[options.target], repository)
+            del files[f"{name}/1/model.py"]
+    return files
+
+
+def artifact_paths(options: TargetOptions, out: Path) -> dict[str, Path]:
+    """Exported model → the file the target's repository expects for it (none for `torch`)."""
+    if options.target == "torch":
+        return {}
+    return {name: out / name / "1" / ARTIFACT_FILES[options.target] for name in options.exported}
