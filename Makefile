@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: venv system-deps up test lint format repository bench overhead loadtest clean
+.PHONY: venv system-deps export up test lint format repository bench overhead loadtest clean
 
 # The venv is (re)built when pyproject.toml changes; torch 2.14.1 comes from the local wheel store here.
 $(VENV)/.installed: pyproject.toml
@@ -22,9 +22,14 @@ system-deps:
 	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus docker-compose; }
 
-## Embedded tritonserver + gateway on http://127.0.0.1:8080 (Ctrl-C stops both).
+## Export the tiny models to ONNX (embedded target) into build/model_repository; `make up` then serves them.
+export: venv
+	$(PY) -m export --profile tiny --target embedded --out build/model_repository
+
+## Embedded tritonserver + gateway on http://127.0.0.1:8080 (Ctrl-C stops both). Serves the exported repository
+## when `make export` has written one, else the checked-in torch repository.
 up: venv
-	$(PY) -m service $(ARGS)
+	$(PY) -m service $(if $(wildcard build/model_repository/spatial_encoder/1/model.onnx),--model-repository build/model_repository) $(ARGS)
 
 ## Lint, then every test (unit and integration: the integration tests start the real stack on loopback).
 test: venv system-deps
