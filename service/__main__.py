@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["embedded_triton"] = False
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per statistics poll otherwise
 
     triton: EmbeddedTriton | None = None
     if settings.embedded_triton and not settings.triton_grpc_url:
