@@ -17,29 +17,33 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def tree_rss_bytes(root: int) -> int:
-    """Sum of VmRSS over `root` and all its descendants."""
+def tree_rss_bytes(root: int, include_root: bool = True) -> int:
+    """Sum of VmRSS over `root`'s descendants, and `root` itself unless include_root is False."""
     total, stack, seen = 0, [root], set()
     while stack:
         pid = stack.pop()
         if pid in seen:
             continue
         seen.add(pid)
+        stack += _children(pid)
+        if pid == root and not include_root:
+            continue
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1]) * 1024
         except OSError:
             continue
-        stack += _children(pid)
     return total
 
 
 class PeakMemory:
-    """Samples a process tree's RSS in a background thread and keeps the peak."""
+    """Samples a process tree's RSS in a background thread and keeps the peak. With include_root=False, only the
+    descendants count: a benchmark samples the processes it starts, not itself."""
 
-    def __init__(self, root: int, interval_s: float = 0.2) -> None:
+    def __init__(self, root: int, interval_s: float = 0.2, include_root: bool = True) -> None:
         self.root = root
+        self.include_root = include_root
         self.interval_s = interval_s
         self.peak_bytes = 0
         self._stop = threading.Event()
@@ -47,7 +51,7 @@ class PeakMemory:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, tree_rss_bytes(self.root))
+            self.peak_bytes = max(self.peak_bytes, tree_rss_bytes(self.root, self.include_root))
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> PeakMemory:

@@ -17,10 +17,9 @@ import argparse
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,8 +28,8 @@ import httpx
 from benchmarks.procmem import PeakMemory
 from hybrid.contracts import PIPELINES
 from hybrid.media import MediaLimits, decode_media, encode_frames
-from tests.conftest import free_port
 from tests.media_samples import png
+from tests.stack import running_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,18 +49,6 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def wait_ready(process: subprocess.Popen, url: str) -> None:
-    while True:
-        if process.poll() is not None:
-            raise SystemExit(f"the service exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=30, help="measured requests per pipeline")
@@ -70,40 +57,29 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     data = png(224, 224, seed=0)
-    ports = {k: free_port() for k in ("gateway", "http", "grpc", "metrics")}
-    url = f"http://127.0.0.1:{ports['gateway']}"
-    env = {
-        **os.environ,
-        "HYBRID_PORT": str(ports["gateway"]),
-        "HYBRID_EMBEDDED_HTTP_PORT": str(ports["http"]),
-        "HYBRID_EMBEDDED_GRPC_PORT": str(ports["grpc"]),
-        "HYBRID_EMBEDDED_METRICS_PORT": str(ports["metrics"]),
-        "HYBRID_LOG_LEVEL": "warning",
-    }
-    print("starting the stack…", flush=True)
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
     served: dict[str, list[float]] = {p: [] for p in PIPELINES}
-    try:
-        with PeakMemory(process.pid) as memory, httpx.Client(timeout=300) as client:
-            wait_ready(process, url)
-            ready_s = time.perf_counter() - started
+    print("starting the stack…", flush=True)
+    # The sampler watches this process's children from before the service starts: start-up peaks count too.
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        PeakMemory(os.getpid(), include_root=False) as memory,
+        running_stack(Path(tmp) / "service.log") as stack,
+    ):
+        ready_s = stack.ready_s
+        with httpx.Client(timeout=300) as client:
             for i in range(args.warmup + args.requests):
                 for pipeline in PIPELINES:
                     t0 = time.perf_counter()
                     reply = client.post(
-                        f"{url}/reconstruct", params={"pipeline": pipeline}, files={"file": ("in.png", data)}
+                        f"{stack.gateway_url}/reconstruct",
+                        params={"pipeline": pipeline},
+                        files={"file": ("in.png", data)},
                     )
                     elapsed = time.perf_counter() - t0
                     reply.raise_for_status()
                     if i >= args.warmup:
                         served[pipeline].append(elapsed)
-            print(f"served {args.requests} requests per pipeline", flush=True)
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(60)
+    print(f"served {args.requests} requests per pipeline", flush=True)
 
     # The same work in-process: decode, encoders, head, decoder, PNG encode; no HTTP, no Triton.
     from hybrid.pipeline import ReferencePipeline

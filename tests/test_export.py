@@ -12,11 +12,8 @@ from __future__ import annotations
 import copy
 import io
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,7 +34,7 @@ from export.tensorrt_engine import trtexec_command
 from hybrid.contracts import ENSEMBLES, MAX_BATCH_SIZE, model_specs
 from hybrid.profiles import get_profile
 from tests import media_samples
-from tests.conftest import ROOT, Stack, free_port
+from tests.stack import ROOT, Stack, StackError, running_stack
 
 FULL = json.dumps({"random_weights": True})
 ONNX_DTYPES = {"FP32": onnx.TensorProto.FLOAT}
@@ -317,49 +314,12 @@ def test_parity_fails_on_a_wrong_export(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def exported_stack(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """`python -m service` over the exported repository, on free loopback ports (as conftest's `stack`)."""
-    ports = {name: free_port() for name in ("gateway", "http", "grpc", "metrics")}
-    env = {
-        **os.environ,
-        "HYBRID_MODEL_REPOSITORY": str(exported),
-        "HYBRID_PORT": str(ports["gateway"]),
-        "HYBRID_EMBEDDED_HTTP_PORT": str(ports["http"]),
-        "HYBRID_EMBEDDED_GRPC_PORT": str(ports["grpc"]),
-        "HYBRID_EMBEDDED_METRICS_PORT": str(ports["metrics"]),
-        "HYBRID_LOG_LEVEL": "warning",
-    }
     log_path = tmp_path_factory.mktemp("exported-stack") / "service.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{ports['gateway']}"
-    deadline = time.monotonic() + 600
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"the service exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"the service was not ready in time:\n{log_path.read_text()[-4000:]}")
-        time.sleep(0.5)
-    yield Stack(
-        gateway_url=url,
-        triton_http_url=f"http://127.0.0.1:{ports['http']}",
-        triton_grpc_url=f"127.0.0.1:{ports['grpc']}",
-        triton_metrics_url=f"http://127.0.0.1:{ports['metrics']}/metrics",
-        process=process,
-        log_path=log_path,
-    )
-    process.send_signal(signal.SIGINT)
     try:
-        process.wait(60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+        with running_stack(log_path, {"HYBRID_MODEL_REPOSITORY": str(exported)}) as started:
+            yield started
+    except StackError as exc:
+        pytest.fail(str(exc))
 
 
 def post(stack: Stack, path: str, data: bytes, name: str = "input.png", **params: object) -> httpx.Response:

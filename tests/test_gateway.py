@@ -10,7 +10,7 @@ from service.app import create_app
 from service.settings import Settings
 from service.triton_client import map_triton_error
 from tests import media_samples
-from tests.conftest import free_port
+from tests.stack import free_port
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

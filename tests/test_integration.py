@@ -16,7 +16,7 @@ from hybrid.media import MediaLimits, decode_media
 from hybrid.pipeline import ReferencePipeline
 from hybrid.profiles import get_profile
 from tests import media_samples
-from tests.conftest import Stack
+from tests.stack import Stack
 
 pytestmark = pytest.mark.integration
 PIPELINES = ("hybrid", "vlm", "spatial")

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests import media_samples
-from tests.conftest import Stack, free_port
+from tests.stack import Stack, free_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,0 +1,98 @@
+"""The real stack as tests and benchmarks start it: `python -m service` (embedded tritonserver + gateway, as
+`make up` runs them) on free loopback ports, waited on until /readyz is 200, stopped with Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Stack:
+    gateway_url: str
+    triton_http_url: str
+    triton_grpc_url: str
+    triton_metrics_url: str
+    process: subprocess.Popen
+    log_path: Path
+    ready_s: float  # from process start to /readyz 200
+
+
+@contextmanager
+def running_stack(log_path: Path, env: dict[str, str] | None = None, timeout_s: float = 600) -> Iterator[Stack]:
+    """Start the service with `env` added to HYBRID_* port settings; yield once ready; stop it on exit."""
+    ports = {name: free_port() for name in ("gateway", "http", "grpc", "metrics")}
+    full_env = {
+        **os.environ,
+        "HYBRID_PORT": str(ports["gateway"]),
+        "HYBRID_EMBEDDED_HTTP_PORT": str(ports["http"]),
+        "HYBRID_EMBEDDED_GRPC_PORT": str(ports["grpc"]),
+        "HYBRID_EMBEDDED_METRICS_PORT": str(ports["metrics"]),
+        "HYBRID_LOG_LEVEL": "warning",
+        **(env or {}),
+    }
+    url = f"http://127.0.0.1:{ports['gateway']}"
+    started = time.perf_counter()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        _wait_ready(process, url, log_path, started + timeout_s)
+        yield Stack(
+            gateway_url=url,
+            triton_http_url=f"http://127.0.0.1:{ports['http']}",
+            triton_grpc_url=f"127.0.0.1:{ports['grpc']}",
+            triton_metrics_url=f"http://127.0.0.1:{ports['metrics']}/metrics",
+            process=process,
+            log_path=log_path,
+            ready_s=time.perf_counter() - started,
+        )
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
+def _wait_ready(process: subprocess.Popen, url: str, log_path: Path, deadline: float) -> None:
+    while True:
+        if process.poll() is not None:
+            raise StackError(f"the service exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.perf_counter() > deadline:
+            raise StackError(f"the service was not ready in time:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.2)
+
+
+def tritonserver_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-f", "bin/tritonserver"], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
