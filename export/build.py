@@ -29,7 +29,7 @@ from typing import Any
 
 from export.exportable import DEFAULT_MAX_FRAMES, EXPORTED_MODELS, exportables
 from export.progress import peak_rss_gb, say
-from export.repository import RepositoryOptions
+from export.repository import RepositoryOptions, write_files
 from export.targets import PRECISIONS, TARGETS, TargetOptions, artifact_paths, render_target
 from export.tensorrt_engine import TensorRTUnavailable, require_tensorrt
 from hybrid.profiles import PROFILES, SPATIAL_VARIANTS, get_profile
@@ -83,15 +83,7 @@ def _tensorrt_version() -> str | None:
 def write_repository(options: TargetOptions, out: Path, artifacts: dict[str, list[Path]]) -> list[Path]:
     """Write the target's text files and move each model's artifact files into `<model>/1/`, replacing the model
     folders this repository generates (other folders under `out` are left alone)."""
-    files = render_target(options)
-    for model in {p.split("/")[0] for p in files}:
-        shutil.rmtree(out / model, ignore_errors=True)
-    written = []
-    for rel, content in sorted(files.items()):
-        path = out / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-        written.append(path)
+    written = write_files(render_target(options), out)
     expected = artifact_paths(options, out)
     for name, sources in artifacts.items():
         destination = expected[name]

@@ -155,7 +155,11 @@ def render(options: RepositoryOptions) -> dict[str, str]:
 
 def write(options: RepositoryOptions, out: Path) -> list[Path]:
     """Write the repository into `out`, replacing the models it generates (other folders are left alone)."""
-    files = render(options)
+    return write_files(render(options), out)
+
+
+def write_files(files: dict[str, str], out: Path) -> list[Path]:
+    """Write rendered files (relative path → content) under `out`, replacing each model folder they touch."""
     for model in {p.split("/")[0] for p in files}:
         shutil.rmtree(out / model, ignore_errors=True)
     written = []

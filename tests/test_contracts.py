@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
 
 from export.repository import RepositoryOptions, render
-from hybrid.contracts import ENSEMBLES, model_specs, round_up_frames, valid_frame_count
+from hybrid.contracts import model_specs, round_up_frames, valid_frame_count
 from hybrid.profiles import get_profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,37 +37,6 @@ def test_checked_in_repository_is_the_generated_one() -> None:
         if p.is_file() and "__pycache__" not in p.parts
     }
     assert on_disk == set(files)
-
-
-@pytest.mark.parametrize("profile", ["tiny", "full"])
-@pytest.mark.parametrize("kind", ["KIND_CPU", "KIND_GPU"])
-def test_configs_parse_and_ensembles_resolve(profile: str, kind: str) -> None:
-    overrides = json.dumps({"random_weights": True}) if profile == "full" else ""
-    files = render(RepositoryOptions(profile=profile, profile_overrides=overrides, instance_kind=kind))
-    configs = {}
-    for rel, content in files.items():
-        if rel.endswith("config.pbtxt"):
-            config = text_format.Parse(content, model_config_pb2.ModelConfig())
-            assert config.name == rel.split("/")[0]
-            configs[config.name] = config
-    assert set(ENSEMBLES) <= set(configs)
-    for name in ENSEMBLES:
-        ensemble = configs[name]
-        available = {t.name: t for t in ensemble.input}
-        for step in ensemble.ensemble_scheduling.step:
-            model = configs[step.model_name]
-            model_inputs = {t.name: t for t in model.input}
-            assert set(step.input_map) == set(model_inputs), f"{name}: {step.model_name} inputs unmapped"
-            for key, tensor in step.input_map.items():
-                assert tensor in available, f"{name}: {tensor} is used before any step produces it"
-                assert available[tensor].data_type == model_inputs[key].data_type
-                assert list(available[tensor].dims) == list(model_inputs[key].dims)
-            model_outputs = {t.name: t for t in model.output}
-            for key, tensor in step.output_map.items():
-                available[tensor] = model_outputs[key]
-        for output in ensemble.output:
-            assert output.name in available, f"{name}: output {output.name} is never produced"
-            assert list(available[output.name].dims) == list(output.dims)
 
 
 def test_model_specs_follow_profile_widths() -> None:
