@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loadtest.verdict import csv_number, read_checked_csv
+
 STEPS_COLUMNS: tuple[str, ...] = (
     "Step",
     "Users",
@@ -168,18 +170,7 @@ def write_steps_csv(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None
 
 
 def read_steps_csv(path: str | Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in STEPS_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: not a steps CSV, missing columns {missing}")
-        return list(reader)
-
-
-def _num(text: str | None) -> float | None:
-    if text is None or text.strip() in ("", "N/A"):
-        return None
-    return float(text)
+    return read_checked_csv(path, STEPS_COLUMNS, "steps CSV")
 
 
 def analyze_steps(
@@ -224,9 +215,9 @@ def analyze_steps(
             "failures": failures,
             "failure_ratio": failures / requests if requests else 0.0,
             "rps": float(row["Requests/s"]),
-            "p50": _num(row["50%"]),
-            "p95": _num(row["95%"]),
-            "p99": _num(row["99%"]),
+            "p50": csv_number(row["50%"]),
+            "p95": csv_number(row["95%"]),
+            "p99": csv_number(row["99%"]),
         }
 
     steps: list[dict[str, Any]] = []

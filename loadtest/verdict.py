@@ -111,18 +111,24 @@ class Verdict:
 
 def read_stats_csv(path: str | Path) -> list[dict[str, str]]:
     """Rows of a Locust ``*_stats.csv``; raises :class:`StatsFormatError` if the header is not Locust's."""
+    return read_checked_csv(path, REQUIRED_COLUMNS, "Locust stats CSV")
+
+
+def read_checked_csv(path: str | Path, required: Sequence[str], kind: str) -> list[dict[str, str]]:
+    """Rows of a CSV that must have the `required` columns; raises :class:`StatsFormatError` otherwise."""
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
-            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
             if missing:
-                raise StatsFormatError(f"{path}: not a Locust stats CSV, missing columns {missing}")
+                raise StatsFormatError(f"{path}: not a {kind}, missing columns {missing}")
             return list(reader)
     except FileNotFoundError:
         raise StatsFormatError(f"{path}: no such file") from None
 
 
-def _num(text: str | None) -> float | None:
+def csv_number(text: str | None) -> float | None:
+    """A Locust CSV cell as a number; None for an empty or "N/A" cell."""
     if text is None or text.strip() in ("", "N/A"):
         return None
     return float(text)
@@ -134,7 +140,7 @@ def row_stats(row: Mapping[str, str]) -> PipelineStats:
         requests=int(row["Request Count"]),
         failures=int(row["Failure Count"]),
         rps=float(row["Requests/s"] or 0.0),
-        **{key: _num(row[col]) for key, col in PERCENTILE_COLUMNS.items()},
+        **{key: csv_number(row[col]) for key, col in PERCENTILE_COLUMNS.items()},
     )
 
 
