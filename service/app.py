@@ -20,7 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from hybrid.contracts import CONDITIONING, VIDEO, ensemble_name, round_up_frames, valid_frame_count
+from hybrid.contracts import CONDITIONING, PIPELINES, VIDEO, ensemble_name, round_up_frames, valid_frame_count
 from hybrid.media import OUTPUT_FORMATS, SINGLE_FRAME_FORMATS, DecodedMedia, MediaError, decode_media, encode_frames
 from hybrid.profiles import get_profile
 from service.errors import ApiError, error_response, install_error_handlers
@@ -32,18 +32,9 @@ from service.triton_client import TritonClient
 log = logging.getLogger(__name__)
 
 
-class Pipeline(str, Enum):
-    hybrid = "hybrid"
-    vlm = "vlm"
-    spatial = "spatial"
-
-
-class OutputFormat(str, Enum):
-    png = "png"
-    webp = "webp"
-    gif = "gif"
-    mp4 = "mp4"
-    npz = "npz"
+# Query-parameter enums built from the contracts, so the API and the models cannot disagree on the choices.
+Pipeline = Enum("Pipeline", {p: p for p in PIPELINES}, type=str)
+OutputFormat = Enum("OutputFormat", {f: f for f in OUTPUT_FORMATS}, type=str)
 
 
 class Timer:
