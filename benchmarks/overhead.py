@@ -22,12 +22,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from hybrid.contracts import PIPELINES
 from hybrid.media import encode_frames
+from service.overhead import STAGES
 
-PIPELINES = ("hybrid", "vlm", "spatial")
 ENDPOINTS = ("reconstruct", "encode")
-STAGE_ORDER = ("preprocess", "vlm_encoder", "spatial_encoder", "fusion", "vlm_adapter", "spatial_adapter",
-               "video_decoder")  # fmt: skip
 
 
 def make_inputs(count: int, size: int, seed: int) -> list[bytes]:
@@ -110,7 +109,7 @@ def chart(result: dict, path: Path) -> None:
     e2e = result["analysis"]["reconstruct"]["median_s"]
     for x, pipeline in enumerate(PIPELINES):
         bottom = 0.0
-        for k, stage in enumerate(STAGE_ORDER):
+        for k, stage in enumerate(STAGES):
             entry = stages[pipeline]["stages"].get(stage)
             if not entry:
                 continue
@@ -178,7 +177,7 @@ def markdown(result: dict) -> str:
         )
     lines += ["", "Stage means from Triton's statistics API (queue + compute per request, ms):", "",
               "| stage | " + " | ".join(PIPELINES) + " |", "|---|" + "---:|" * len(PIPELINES)]  # fmt: skip
-    for stage in STAGE_ORDER:
+    for stage in STAGES:
         cells = []
         for pipeline in PIPELINES:
             entry = result["server"]["pipelines"][pipeline]["stages"].get(stage)

@@ -28,22 +28,17 @@ import httpx
 from benchmarks.procmem import PeakMemory
 from hybrid.contracts import PIPELINES
 from hybrid.media import MediaLimits, decode_media, encode_frames
+from service.overhead import quantile
 from tests.media_samples import png
 from tests.stack import running_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
-
-
 def summary(values: list[float]) -> dict[str, float]:
     return {
         "p50_ms": statistics.median(values) * 1000,
-        "p95_ms": percentile(values, 0.95) * 1000,
+        "p95_ms": quantile(values, 0.95) * 1000,
         "mean_ms": statistics.fmean(values) * 1000,
         "n": len(values),
     }
