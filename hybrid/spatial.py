@@ -1,12 +1,43 @@
-"""DINOv2 through timm: per-frame patch tokens, the spatial-precision stream."""
+"""DINOv2 through timm: per-frame patch tokens, the spatial-precision stream.
+
+The lab's DINOv2 features are torch.hub `dinov2_vitl14`'s `x_norm_patchtokens` at 224×224. timm's
+`vit_*_patch14_dinov2` is the same network (pre-norm blocks with LayerScale, LayerNorm eps 1e-6, final norm), so its
+`forward_features` minus the CLS token is `x_norm_patchtokens` — except for one step: the position embeddings.
+The checkpoints hold a 37×37 grid (518 px). The hub keeps it and interpolates at run time, bicubic with a scale
+factor of (16 + 0.1) / 37 and no antialiasing (`interpolate_offset=0.1`, `interpolate_antialias=False`); timm's
+own loader resamples it once to 16×16 by output size, bicubic with antialiasing. Those are different grids
+(tests/test_dinov2_hub.py measures the difference), so checkpoints load here through `load_dinov2_checkpoint`,
+which resamples at load exactly as the hub does at run time: the tokens then match the hub's to float32 rounding.
+
+Measured at 224 px on the tests' tiny random weights (patch tokens |x| ≈ 0.8 on average): timm's own loader moves
+the tokens by 0.11 mean / 1.1 max absolute, transformers' `Dinov2Model` (interpolation by size, no antialiasing) by
+0.04 / 0.58; this loader by 0. Real checkpoints have smoother position tables, so their gap is smaller but not zero
+(a 2-D sin-cos table gave 0.008 / 0.24 through timm's loader).
+"""
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hybrid.contracts import IMAGE_SIZE
 from hybrid.profiles import SPATIAL_VARIANTS, Profile
+
+HUB_INTERPOLATE_OFFSET = 0.1
+"""dinov2's hubconf builds every backbone with `interpolate_offset=0.1` (a kludge kept from DINO v1)."""
+
+_HUB_SWIGLU = re.compile(r"^(blocks\.\d+\.mlp\.)(w12|w3)(\.(?:weight|bias))$")
+_TIMM_SWIGLU = {"w12": "fc1", "w3": "fc2"}  # the giant's packed SwiGLU: same [gate; value] order in both
+
+
+class CheckpointError(ValueError):
+    """A DINOv2 checkpoint that does not fit the configured architecture; the message names the first bad key."""
 
 
 class SpatialEncoder(nn.Module):
@@ -28,9 +59,88 @@ class SpatialEncoder(nn.Module):
         return patches.reshape(batch, num_frames * patches.shape[1], patches.shape[2]).float()
 
 
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a `.safetensors` file, or of a `.pth`/`.pt` read with `weights_only=True` (never a full unpickle)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"DINOv2 checkpoint {str(path)!r} is not a file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # an arbitrary pickle is refused here, by design
+        raise CheckpointError(f"{path.name}: not a plain torch state dict ({exc})") from exc
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path.name}: holds a {type(state).__name__}, not a state dict")
+    bad = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise CheckpointError(f"{path.name}: key {bad!r} is not a tensor")
+    return dict(state)
+
+
+def resample_pos_embed_like_hub(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """[1, 1 + M·M, D] → [1, 1 + h·w, D]: the hub's `interpolate_pos_encoding`, done once instead of every forward.
+
+    Bicubic in float32, scale factor (grid + 0.1) / M, no antialiasing, CLS position kept — the same call with the
+    same arguments the hub makes, so a model built at 224 px sees the very embeddings the hub adds at 224 px.
+    """
+    side = math.isqrt(pos_embed.shape[1] - 1)
+    if side * side != pos_embed.shape[1] - 1:
+        raise CheckpointError(f"key 'pos_embed': {pos_embed.shape[1] - 1} patch positions are not a square grid")
+    if (side, side) == tuple(grid):
+        return pos_embed
+    dim = pos_embed.shape[-1]
+    patch = pos_embed[:, 1:].float().reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    scale = tuple((n + HUB_INTERPOLATE_OFFSET) / side for n in grid)
+    patch = F.interpolate(patch, scale_factor=scale, mode="bicubic", antialias=False)
+    if tuple(patch.shape[-2:]) != tuple(grid):
+        raise CheckpointError(f"key 'pos_embed': a {side}×{side} grid does not resample to {grid}")
+    patch = patch.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim)
+    return torch.cat([pos_embed[:, :1].float(), patch], dim=1)
+
+
+def to_timm_state_dict(state: Mapping[str, torch.Tensor], backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """The hub's layout (or timm's own) → `backbone`'s names and shapes, checked key by key.
+
+    Hub → timm: `mask_token` is dropped (used only by masked-image training, never by the hub's forward without
+    masks); the giant's `mlp.w12`/`mlp.w3` become `mlp.fc1`/`mlp.fc2`; `pos_embed` is resampled to the model's
+    grid the hub's way. Every other name is shared. The first unexpected, mis-shaped or missing key is an error.
+    """
+    expected = backbone.state_dict()
+    grid = tuple(backbone.patch_embed.grid_size)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key == "mask_token":
+            continue
+        match = _HUB_SWIGLU.match(key)
+        name = f"{match[1]}{_TIMM_SWIGLU[match[2]]}{match[3]}" if match else key
+        if name not in expected:
+            raise CheckpointError(f"unexpected key {key!r}: not a parameter of this DINOv2 (wrong variant or file?)")
+        if name == "pos_embed":
+            value = resample_pos_embed_like_hub(value, grid)
+        if tuple(value.shape) != tuple(expected[name].shape):
+            raise CheckpointError(
+                f"key {key!r} has shape {tuple(value.shape)}, this DINOv2 expects {tuple(expected[name].shape)}"
+            )
+        out[name] = value
+    missing = [name for name in expected if name not in out]
+    if missing:
+        raise CheckpointError(f"missing key {missing[0]!r} ({len(missing)} missing in all)")
+    return out
+
+
+def load_dinov2_checkpoint(backbone: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load a DINOv2 state dict (hub or timm layout, any grid) into `backbone`, strictly."""
+    backbone.load_state_dict(to_timm_state_dict(state, backbone), strict=True)
+
+
 def build_spatial(profile: Profile, device: str | torch.device = "cpu") -> SpatialEncoder:
-    """DINOv2 for `profile`: seeded random weights, a local safetensors file, or timm's pretrained tag resolved
-    from the Hugging Face cache (set HF_HUB_OFFLINE=1: nothing is downloaded at run time)."""
+    """DINOv2 for `profile`: seeded random weights; `spatial.checkpoint`, a local file in the hub's layout
+    (`dinov2_vitl14_pretrain.pth`, a torch.hub model's `state_dict()`) or timm's, `.safetensors` or `.pth`; or
+    timm's `<name>.lvd142m` weights resolved from the Hugging Face cache (set HF_HUB_OFFLINE=1: nothing is
+    downloaded at run time). Checkpoints go through `load_dinov2_checkpoint`, so features are the hub's."""
     import timm
 
     cfg = profile.spatial
@@ -40,9 +150,18 @@ def build_spatial(profile: Profile, device: str | torch.device = "cpu") -> Spati
         torch.manual_seed(profile.seed)
         with torch.device(device):
             backbone = timm.create_model(name, pretrained=False, **kwargs)
-    elif cfg.checkpoint:
-        backbone = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": cfg.checkpoint}, **kwargs)
     else:
-        backbone = timm.create_model(f"{name}.lvd142m", pretrained=True, **kwargs)
+        if cfg.checkpoint:
+            source, state = cfg.checkpoint, read_state_dict(cfg.checkpoint)
+        else:
+            from timm.models import get_pretrained_cfg, load_state_dict_from_hf
+
+            source = get_pretrained_cfg(f"{name}.lvd142m").hf_hub_id
+            state = load_state_dict_from_hf(source)
+        backbone = timm.create_model(name, pretrained=False, **kwargs)
+        try:
+            load_dinov2_checkpoint(backbone, state)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{source} as {name}: {exc}") from None
     backbone = backbone.to(getattr(torch, profile.dtype)).eval().to(device)
     return SpatialEncoder(backbone)
