@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: venv system-deps export up test lint format repository bench overhead loadtest clean
+.PHONY: venv system-deps export up test lint format repository bench overhead loadtest evaluate clean
 
 # The venv is (re)built when pyproject.toml changes; torch 2.14.1 comes from the local wheel store here.
 $(VENV)/.installed: pyproject.toml
@@ -59,6 +59,10 @@ overhead: venv
 ## Locust against a running gateway (make up in another shell): make loadtest ARGS="--users 4 --run-time 60s"
 loadtest: venv system-deps
 	$(PY) -m loadtest $(ARGS)
+
+## Gate-1 evaluation against a running gateway (make up first): make evaluate ARGS="--n 8 --out build/gate1"
+evaluate: venv
+	$(PY) -m evaluation $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
