@@ -182,7 +182,7 @@ class Lpips:
             raise RuntimeError(self.reason or "LPIPS is unavailable")
 
         def tensor(frame: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+            return torch.from_numpy(np.array(frame, np.float32)).permute(2, 0, 1)[None] / 127.5 - 1.0  # a copy
 
         with torch.no_grad():
             return float(self._net(tensor(a), tensor(b)).item())

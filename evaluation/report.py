@@ -45,6 +45,7 @@ class Result:
     metrics: dict[str, float | None] | None = None
     error: str | None = None
     frames_out: int | None = None
+    size_out: tuple[int, int] | None = None  # (height, width) of the reconstruction, the size metrics compare at
 
 
 @dataclass
@@ -148,7 +149,7 @@ def _sample_entry(sample: Sample, results: list[Result]) -> dict:
     for r in results:
         if r.sample is sample:
             entry["pipelines"][r.pipeline] = (
-                {"status": r.status, "frames_out": r.frames_out, **(r.metrics or {})}
+                {"status": r.status, "frames_out": r.frames_out, "size_out": r.size_out, **r.metrics}
                 if r.metrics is not None
                 else {"status": r.status, "error": r.error}
             )

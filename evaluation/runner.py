@@ -38,7 +38,8 @@ def evaluate(
                     results.append(Result(sample, pipeline, reply.status, error=reply.error))
                 else:
                     metrics = sample_metrics(sample.frames, reply.frames, lpips)
-                    results.append(Result(sample, pipeline, reply.status, metrics, frames_out=reply.frames.shape[0]))
+                    frames_out, height, width = reply.frames.shape[:3]
+                    results.append(Result(sample, pipeline, reply.status, metrics, None, frames_out, (height, width)))
                     if sample.name in shown:
                         previews[(sample.name, pipeline)] = reply.frames
                 bar.update(1)
