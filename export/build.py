@@ -32,7 +32,7 @@ from export.progress import peak_rss_gb, say
 from export.repository import RepositoryOptions, write_files
 from export.targets import PRECISIONS, TARGETS, TargetOptions, artifact_paths, render_target
 from export.tensorrt_engine import TensorRTUnavailable, require_tensorrt
-from hybrid.profiles import PROFILES, SPATIAL_VARIANTS, get_profile
+from hybrid.profiles import PROFILES, RUNTIMES, SPATIAL_VARIANTS, get_profile
 
 REPORT_FILE = "export_report.json"
 """Written at the repository's top level, beside the model folders (Triton loads folders only)."""
@@ -165,10 +165,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-onnx", type=Path, help="also keep the ONNX files here (tensorrt)")
     parser.add_argument("--configs-only", action="store_true", help="write the configs and adapters, no artifacts")
     parser.add_argument(
-        "--cuda-graphs",
-        action="store_true",
-        help="torch target: spatial encoder and fusion heads capture one CUDA graph per input shape (up to 8) "
-        "and replay it on a GPU; eager on a CPU",
+        "--runtime",
+        choices=RUNTIMES,
+        help="torch target: 'compiled' (every model compiled or replayed as CUDA graphs, prepared at load) or "
+        "'eager'; default: the profile's (full: compiled, tiny: eager)",
     )
     return parser.parse_args(argv)
 
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         repository = RepositoryOptions(args.profile, json.dumps(overrides, sort_keys=True) if overrides else "", kind)
         models = tuple(m for m in args.models.split(",") if m)
-        options = TargetOptions(args.target, args.precision, repository, models, args.ort_threads, args.cuda_graphs)
+        options = TargetOptions(args.target, args.precision, repository, models, args.ort_threads, args.runtime)
         get_profile(args.profile, overrides)  # unknown settings fail here, before any work
     except (ValueError, json.JSONDecodeError) as exc:
         say(f"error: {exc}")

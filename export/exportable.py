@@ -23,7 +23,6 @@ from torch import nn
 from hybrid.contracts import (
     IMAGE_SIZE,
     MAX_BATCH_SIZE,
-    NUM_QUERIES,
     SPATIAL_PATCHES_PER_FRAME,
     SPATIAL_PIXELS,
     SPATIAL_TOKENS,
@@ -39,8 +38,9 @@ EXPORTED_MODELS: tuple[str, ...] = ("spatial_encoder", "fusion", "vlm_adapter", 
 DEFAULT_MAX_FRAMES = 16
 """The gateway's default HYBRID_MAX_INPUT_FRAMES: the largest frame count the TensorRT profiles are built for."""
 
-VLM_TOKENS_PER_FRAME_PAIR = NUM_QUERIES
-"""Qwen2.5-VL at 224×224 merges 2 frames × 16×16 patches into 64 tokens; an image counts as one (padded) pair."""
+VLM_TOKENS_PER_FRAME_PAIR = 64
+"""Qwen2.5-VL at 224×224 merges 2 frames × 16×16 patches into 64 visual tokens; an image counts as one (padded)
+pair. The features hold more positions with the lab's full sequence: `VLMConfig.sequence_length`."""
 
 _KWARG_OF_INPUT = {SPATIAL_PIXELS: "frames", VLM_TOKENS: "vlm_tokens", SPATIAL_TOKENS: "spatial_tokens"}
 
@@ -75,6 +75,7 @@ class Exportable:
     spec: ModelSpec
     build: Callable[[], nn.Module]  # the fp32 torch module from hybrid/, on the CPU, in eval mode
     max_frames: int
+    vlm_length: Callable[[int], int]  # the VLM feature count for a frame count (`VLMConfig.sequence_length`)
 
     @property
     def name(self) -> str:
@@ -103,7 +104,7 @@ class Exportable:
             if tensor.name == SPATIAL_PIXELS:
                 shape = (batch, frames, 3, IMAGE_SIZE, IMAGE_SIZE)
             elif tensor.name == VLM_TOKENS:
-                shape = (batch, VLM_TOKENS_PER_FRAME_PAIR * -(-frames // 2), tensor.dims[-1])
+                shape = (batch, self.vlm_length(frames), tensor.dims[-1])
             else:
                 shape = (batch, SPATIAL_PATCHES_PER_FRAME * frames, tensor.dims[-1])
             out.append(torch.randn(shape, generator=generator))
@@ -138,8 +139,8 @@ class Exportable:
                 most = (MAX_BATCH_SIZE, self.max_frames, 3, IMAGE_SIZE, IMAGE_SIZE)
             elif tensor.name == VLM_TOKENS:
                 width = tensor.dims[-1]
-                one = (1, VLM_TOKENS_PER_FRAME_PAIR, width)
-                most = (MAX_BATCH_SIZE, VLM_TOKENS_PER_FRAME_PAIR * pairs, width)
+                one = (1, self.vlm_length(1), width)
+                most = (MAX_BATCH_SIZE, self.vlm_length(2 * pairs), width)
             else:
                 width = tensor.dims[-1]
                 one = (1, SPATIAL_PATCHES_PER_FRAME, width)
@@ -167,4 +168,7 @@ def exportables(
             return lambda: build_spatial(fp32, "cpu")
         return lambda: build_fusion_module(name, fp32, "cpu")
 
-    return [Exportable(specs[name], builder(name), max_frames) for name in names]
+    def vlm_length(frames: int) -> int:
+        return profile.vlm.sequence_length(VLM_TOKENS_PER_FRAME_PAIR * -(-frames // 2))
+
+    return [Exportable(specs[name], builder(name), max_frames, vlm_length) for name in names]

@@ -53,13 +53,23 @@ class RepositoryOptions:
     max_queue_delay_us: int = 1000
 
 
-def _tensor(spec: TensorSpec) -> str:
+GPU_PREFERRED_BATCH_SIZES: tuple[int, ...] = (4, 8)
+"""The batches the dynamic batcher aims for on a GPU: the compiled runtime's prepared sizes above 1."""
+PREPROCESS_GPU_HOST_INSTANCES = 4
+
+RAGGED_INPUT_MODELS: frozenset[str] = frozenset({"fusion", "vlm_adapter", "spatial_adapter"})
+"""Python-backend heads that pad and mask token streams themselves (`FusionHeadModel.collate`): their token
+inputs allow ragged batches, so an image's and a clip's requests share one execution."""
+
+
+def _tensor(spec: TensorSpec, ragged: bool = False) -> str:
     dims = ", ".join(str(d) for d in spec.dims)
-    return f'  {{\n    name: "{spec.name}"\n    data_type: TYPE_{spec.dtype}\n    dims: [ {dims} ]\n  }}'
+    extra = "\n    allow_ragged_batch: true" if ragged else ""
+    return f'  {{\n    name: "{spec.name}"\n    data_type: TYPE_{spec.dtype}\n    dims: [ {dims} ]{extra}\n  }}'
 
 
-def io_block(key: str, specs: tuple[TensorSpec, ...]) -> str:
-    return f"{key} [\n" + ",\n".join(_tensor(s) for s in specs) + "\n]\n"
+def io_block(key: str, specs: tuple[TensorSpec, ...], ragged: bool = False) -> str:
+    return f"{key} [\n" + ",\n".join(_tensor(s, ragged) for s in specs) + "\n]\n"
 
 
 def parameters_block(params: dict[str, str]) -> str:
@@ -76,18 +86,25 @@ def python_model_config(spec: ModelSpec, options: RepositoryOptions) -> str:
     if spec.name != "preprocess":
         # Let GPU tensors from the previous step arrive without a copy to the host (DLPack handles both).
         params["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
+    gpu = options.instance_kind == "KIND_GPU"
+    # On a GPU the compiled models hold graphs for batches of 1, 4 and 8 (hybrid.acceleration): ask the batcher
+    # for those sizes.
+    preferred = f"  preferred_batch_size: [ {', '.join(map(str, GPU_PREFERRED_BATCH_SIZES))} ]\n" if gpu else ""
     batching = (
-        f"dynamic_batching {{\n  max_queue_delay_microseconds: {options.max_queue_delay_us}\n}}\n"
+        f"dynamic_batching {{\n{preferred}  max_queue_delay_microseconds: {options.max_queue_delay_us}\n}}\n"
         if spec.dynamic_batching
         else ""
     )
     kind = "KIND_CPU" if spec.name == "preprocess" else options.instance_kind
+    # Preprocess decodes media on the CPU, one request at a time: on a GPU host several instances keep it off
+    # the critical path under load (a GPU host has the cores; the embedded CPU run has two).
+    count = PREPROCESS_GPU_HOST_INSTANCES if gpu and spec.name == "preprocess" else 1
     return (
         f'name: "{spec.name}"\nbackend: "python"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
-        + io_block("input", spec.inputs)
+        + io_block("input", spec.inputs, ragged=spec.name in RAGGED_INPUT_MODELS)
         + io_block("output", spec.outputs)
         + batching
-        + f"instance_group [\n  {{\n    count: 1\n    kind: {kind}\n  }}\n]\n"
+        + f"instance_group [\n  {{\n    count: {count}\n    kind: {kind}\n  }}\n]\n"
         + parameters_block(params)
     )
 

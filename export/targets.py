@@ -30,7 +30,7 @@ from export.repository import (
     render,
 )
 from hybrid.contracts import MAX_BATCH_SIZE, ModelSpec, model_specs
-from hybrid.profiles import get_profile
+from hybrid.profiles import RUNTIMES, get_profile
 
 TARGETS: tuple[str, ...] = ("embedded", "onnxruntime", "tensorrt", "torch")
 PRECISIONS: dict[str, tuple[str, ...]] = {
@@ -45,15 +45,6 @@ ARTIFACT_FILES: dict[str, str] = {"embedded": "model.onnx", "onnxruntime": "mode
 """Where each target's exported file lies inside `<model>/1/` (Triton's default_model_filename for natives)."""
 PLATFORMS: dict[str, str] = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
 TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-CUDA_GRAPH_CLASSES: dict[str, str] = {
-    "spatial_encoder": "CudaGraphSpatialEncoderModel",
-    "fusion": "CudaGraphFusionHeadModel",
-    "vlm_adapter": "CudaGraphFusionHeadModel",
-    "spatial_adapter": "CudaGraphFusionHeadModel",
-}
-"""torch target with CUDA graphs: the models whose forward is capturable (no host sync, static control flow).
-Not vlm_encoder (Qwen's vision tower builds cu_seqlens on the host; capture fails) nor video_decoder (the
-diffusion loop steps a scheduler on the host)."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +54,7 @@ class TargetOptions:
     repository: RepositoryOptions = RepositoryOptions()
     exported: tuple[str, ...] = EXPORTED_MODELS  # the models this target replaces (all four unless narrowed)
     ort_intra_op_threads: int = 0  # embedded: onnxruntime threads per model (0 = one per core)
-    cuda_graphs: bool = False  # torch: replay CUDA graphs in the spatial encoder and fusion heads on a GPU
+    runtime: str | None = None  # torch: "compiled" or "eager" (hybrid.acceleration); None keeps the profile's
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -75,8 +66,10 @@ class TargetOptions:
             )
         if set(self.exported) - set(EXPORTED_MODELS):
             raise ValueError(f"only {', '.join(EXPORTED_MODELS)} are exported")
-        if self.cuda_graphs and self.target != "torch":
-            raise ValueError("CUDA graphs are a torch-target option (TensorRT and onnxruntime schedule their own)")
+        if self.runtime is not None and self.target != "torch":
+            raise ValueError("the runtime is a torch-target option (TensorRT and onnxruntime schedule their own)")
+        if self.runtime not in (None, *RUNTIMES):
+            raise ValueError(f"unknown runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}")
 
     @property
     def resolved_precision(self) -> str | None:
@@ -138,10 +131,10 @@ def render_target(options: TargetOptions) -> dict[str, str]:
     repository = torch_repository_options(options)
     files = render(repository)
     if options.target == "torch":
-        if options.cuda_graphs:
-            for name, class_name in CUDA_GRAPH_CLASSES.items():
-                files[f"{name}/1/model.py"] = model_py_for(name, class_name)
-                files[f"{name}/config.pbtxt"] += parameters_block({"cuda_graph_max_shapes": "8"})
+        if options.runtime is not None:
+            for name in files:
+                if name.endswith("/config.pbtxt") and 'backend: "python"' in files[name]:
+                    files[name] += parameters_block({"runtime": options.runtime})
         return files
     profile = get_profile(repository.profile, json.loads(repository.profile_overrides or "{}"))
     specs = model_specs(profile.vlm.dim, profile.spatial.dim)

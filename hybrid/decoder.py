@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -11,27 +13,51 @@ from hybrid.profiles import Profile
 
 
 class VideoDecoder:
-    """Generates frames from conditioning; deterministic for a given seed."""
+    """Generates frames from conditioning; deterministic for a given seed.
+
+    With `hybrid.acceleration.accelerate_decoder` applied, (batch, frames) pairs prepared at load run the compiled
+    transformer and VAE decoder (batches padded up to a prepared size); anything else runs eagerly.
+    """
 
     def __init__(self, pipeline, height: int, width: int) -> None:
         self.pipeline = pipeline
         self.height = height
         self.width = width
+        self.eager_parts = {"transformer": pipeline.transformer, "vae_decode": pipeline.vae.decode}
+        self.compiled_parts: dict[str, Any] | None = None
+        self.prepared: set[tuple[int, int]] = set()
         pipeline.set_progress_bar_config(disable=True)
 
     @property
     def device(self) -> torch.device:
-        return self.pipeline.transformer.device
+        return self.eager_parts["transformer"].device
 
-    @torch.inference_mode()
     def __call__(self, conditioning: torch.Tensor, num_frames: int, steps: int, seeds: list[int]) -> np.ndarray:
         """conditioning [B, 64, 4096] → frames [B, F, H, W, 3] uint8; one seed per batch item."""
+        batch = conditioning.shape[0]
+        if self.compiled_parts is not None:
+            from hybrid.acceleration import pad_batch, padded_size
+
+            size = padded_size(batch)
+            if (size, num_frames) in self.prepared:
+                padded = pad_batch(conditioning, size)
+                return self.run(padded, num_frames, steps, seeds + [0] * (size - batch), compiled=True)[:batch]
+        return self.run(conditioning, num_frames, steps, seeds)
+
+    @torch.inference_mode()
+    def run(
+        self, conditioning: torch.Tensor, num_frames: int, steps: int, seeds: list[int], compiled: bool = False
+    ) -> np.ndarray:
+        """One pipeline call, with the compiled or the eager transformer and VAE decoder."""
         if not valid_frame_count(num_frames):
             raise ValueError(f"LTX-Video decodes 8k+1 frames (1, 9, 17, …), not {num_frames}")
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
+        parts = self.compiled_parts if compiled and self.compiled_parts is not None else self.eager_parts
+        self.pipeline.transformer = parts["transformer"]
+        self.pipeline.vae.decode = parts["vae_decode"]
         batch = conditioning.shape[0]
-        dtype = self.pipeline.transformer.dtype
+        dtype = self.eager_parts["transformer"].dtype
         generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
         out = self.pipeline(
             prompt_embeds=conditioning.to(self.device, dtype),

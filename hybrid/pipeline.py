@@ -13,7 +13,7 @@ import torch
 
 from hybrid.contracts import ENCODE_CHAINS, PIPELINES
 from hybrid.decoder import VideoDecoder, build_decoder
-from hybrid.fusion import QueryFusion, build_fusion_module
+from hybrid.fusion import HEADS, ConditioningHead, build_fusion_module
 from hybrid.preprocess import EncoderInputs, Preprocessor
 from hybrid.profiles import Profile
 from hybrid.runtime import for_device, resolve_device
@@ -29,7 +29,7 @@ class ReferencePipeline:
     preprocessor: Preprocessor
     vlm: VLMFeatureExtractor
     spatial: SpatialEncoder
-    heads: dict[str, QueryFusion]  # fusion, vlm_adapter, spatial_adapter
+    heads: dict[str, ConditioningHead]  # fusion, vlm_adapter, spatial_adapter
     decoder: VideoDecoder
 
     @classmethod
@@ -41,7 +41,7 @@ class ReferencePipeline:
             preprocessor=Preprocessor(),
             vlm=build_vlm(profile, dev),
             spatial=build_spatial(profile, dev),
-            heads={k: build_fusion_module(k, profile, dev) for k in ("fusion", "vlm_adapter", "spatial_adapter")},
+            heads={k: build_fusion_module(k, profile, dev) for k in HEADS},
             decoder=build_decoder(profile, dev),
         )
 

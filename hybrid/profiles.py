@@ -31,14 +31,23 @@ SPATIAL_VARIANTS: dict[str, str] = {
 class VLMConfig:
     """Qwen2.5-VL as a feature extractor.
 
-    `layer` selects the features at the visual-token positions: "vision" (the merger output, before the LLM),
-    an LLM layer index k (hidden state after k decoder layers, 0 = input embeddings) or "final" (the normed
-    last layer: what the lab's VLM baseline used).
+    `features` selects what the fusion sees:
+    - "full_sequence" (the lab's): the chat-templated sequence — a user turn holding the image (or video) and the
+      text `prompt` ("Describe."), generation prompt added — through the LLM; the states of every position.
+    - "visual_tokens": only the visual-token positions, with no text around them.
+    `layer` picks the hidden state: "final" (the normed last layer, `hidden_states[-1]`: the lab's), an LLM layer
+    index k (after k decoder layers, 0 = input embeddings) or "vision" (the merger output, before the LLM;
+    visual tokens only).
+    With a checkpoint that ships a tokenizer, the template comes from its chat template; without one (random
+    weights, the tiny profile) `template_ids` stands in: token ids before and after the vision block, of the
+    real template's length for the full profile, so latency and shapes are those of the lab's features.
     """
 
     checkpoint: str | None = None  # local directory or hub id (resolved offline)
+    features: str = "full_sequence"
     layer: str = "final"
-    prompt: str | None = None  # used only when the checkpoint ships a tokenizer
+    prompt: str = "Describe."
+    template_ids: dict[str, list[int]] = field(default_factory=dict)  # {"before": [...], "after": [...]}
     text: dict[str, Any] = field(default_factory=dict)
     vision: dict[str, Any] = field(default_factory=dict)
     token_ids: dict[str, int] = field(default_factory=dict)
@@ -46,6 +55,14 @@ class VLMConfig:
     @property
     def dim(self) -> int:
         return int(self.text["hidden_size"])
+
+    def sequence_length(self, visual_tokens: int) -> int:
+        """Tokens the features hold for `visual_tokens` merged visual tokens (64 per 224² image or frame pair):
+        the visual tokens alone, or with the vision markers and the template around them (random weights; a
+        real tokenizer's template may differ in length, which every consumer accepts: the count is dynamic)."""
+        if self.features == "visual_tokens" or self.layer == "vision":
+            return visual_tokens
+        return len(self.template_ids.get("before", [])) + visual_tokens + 2 + len(self.template_ids.get("after", []))
 
 
 @dataclass(frozen=True)
@@ -60,15 +77,28 @@ class SpatialConfig:
 
 @dataclass(frozen=True)
 class FusionConfig:
-    """Learned-query cross-attention over the projected encoder tokens, output [B, 64, 4096]."""
+    """The lab's `HybridFusionModule` (hybrid.fusion): 64 learned queries through post-norm Transformer decoder
+    layers over the projected [VLM; DINOv2] tokens, output [B, 64, 4096]. 77.5 M parameters at full size."""
 
-    d_model: int = 1024
+    fusion_dim: int = 1024
     num_layers: int = 4
-    num_heads: int = 16
-    mlp_ratio: float = 4.0
-    fusion_checkpoint: str | None = None
-    vlm_adapter_checkpoint: str | None = None
-    spatial_adapter_checkpoint: str | None = None
+    nhead: int = 8
+    num_queries: int = 64
+    checkpoint: str | None = None  # a .safetensors state dict (`python -m hybrid.checkpoints` converts the lab's .pt)
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """The lab's `DINOv2Adapter` (hybrid.fusion), used for both single-encoder baselines: `spatial_adapter` over
+    DINOv2 tokens (the lab's E-P2.2) and `vlm_adapter` over VLM features (same architecture, input width 3584).
+    212 M parameters at full size over DINOv2-L."""
+
+    hidden_dim: int = 2048
+    num_layers: int = 4
+    nhead: int = 8
+    num_tokens: int = 64
+    vlm_checkpoint: str | None = None
+    spatial_checkpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,14 +121,32 @@ class Profile:
     vlm: VLMConfig
     spatial: SpatialConfig
     fusion: FusionConfig
+    adapter: AdapterConfig
     decoder: DecoderConfig
     random_weights: bool = False
     seed: int = 0
     dtype: str = "float32"  # "bfloat16" / "float16" on a GPU
+    # "compiled": every model compiled or replayed as CUDA graphs, prepared at load (hybrid.acceleration);
+    # "eager": plain PyTorch — for debugging and for the side-by-side measurement.
+    runtime: str = "eager"
+    compile_cache: str | None = None  # a persistent directory for Inductor's caches (TORCHINDUCTOR_CACHE_DIR)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
+
+VLM_FEATURES: tuple[str, ...] = ("full_sequence", "visual_tokens")
+RUNTIMES: tuple[str, ...] = ("eager", "compiled")
+"""How the serving models run: plain PyTorch, or compiled / CUDA-graphed and prepared at load (hybrid.acceleration)."""
+
+_QWEN_TEMPLATE_IDS = {
+    # "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n" in Qwen2.5's vocabulary
+    "before": [151644, 8948, 198, 2610, 525, 264, 10950, 17847, 13, 151645, 198, 151644, 872, 198],
+    # "Describe.<|im_end|>\n<|im_start|>assistant\n": "Describe." as two tokens stands in for its ids
+    "after": [74785, 13, 151645, 198, 151644, 77091, 198],
+}
+"""Qwen2.5-VL's chat template around the vision block, used only when no tokenizer is available (random
+weights): same length as the real template, so the LLM runs the lab's sequence length."""
 
 _QWEN_TOKEN_IDS = {
     "image_token_id": 151655,
@@ -139,6 +187,10 @@ def tiny() -> Profile:
                 "window_size": 56,
                 "fullatt_block_indexes": [1],
             },
+            template_ids={
+                "before": [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20],
+                "after": [21, 13, 22, 23, 24],
+            },
             token_ids={
                 "image_token_id": 1000,
                 "video_token_id": 1001,
@@ -147,7 +199,8 @@ def tiny() -> Profile:
             },
         ),
         spatial=SpatialConfig(variant="vits14", overrides={"embed_dim": 48, "depth": 2, "num_heads": 2}, dim=48),
-        fusion=FusionConfig(d_model=64, num_layers=2, num_heads=4),
+        fusion=FusionConfig(fusion_dim=64, num_layers=2, nhead=4),
+        adapter=AdapterConfig(hidden_dim=64, num_layers=2, nhead=4),
         decoder=DecoderConfig(
             transformer={
                 "in_channels": 8,
@@ -194,6 +247,7 @@ def full(random_weights: bool = False, spatial_variant: str = "vitl14") -> Profi
         name="full",
         random_weights=random_weights,
         dtype="bfloat16",
+        runtime="compiled",
         vlm=VLMConfig(
             checkpoint=None if random_weights else "Qwen/Qwen2.5-VL-7B-Instruct",
             text={
@@ -221,10 +275,12 @@ def full(random_weights: bool = False, spatial_variant: str = "vitl14") -> Profi
                 "fullatt_block_indexes": [7, 15, 23, 31],
                 "tokens_per_second": 2,
             },
+            template_ids={k: list(v) for k, v in _QWEN_TEMPLATE_IDS.items()},
             token_ids=dict(_QWEN_TOKEN_IDS),
         ),
         spatial=SpatialConfig(variant=spatial_variant, dim=spatial_dims[spatial_variant]),
-        fusion=FusionConfig(d_model=1024, num_layers=4, num_heads=16),
+        fusion=FusionConfig(),
+        adapter=AdapterConfig(),
         decoder=DecoderConfig(
             checkpoint=None if random_weights else "Lightricks/LTX-Video",
             transformer={},  # diffusers' defaults are the 2B model
@@ -242,14 +298,14 @@ PROFILES = ("tiny", "full")
 def get_profile(name: str, overrides: dict[str, Any] | None = None) -> Profile:
     """A profile by name, with nested overrides such as {"vlm": {"layer": "12"}, "random_weights": true}.
 
-    `full` honours `random_weights` and `spatial.variant` in the overrides; HYBRID_PROFILE_OVERRIDES (JSON) in
-    the environment is applied after `overrides`, so a deployment can point at local weight paths without
-    editing the model repository.
+    `full` honours `random_weights` and `spatial.variant` in the overrides. HYBRID_PROFILE_OVERRIDES in the
+    environment (JSON, or the path of a JSON file such as the one `python -m hybrid.checkpoints` writes) is applied
+    after `overrides`, so a deployment can point at local weight paths without editing the model repository.
     """
     merged = dict(overrides or {})
-    env = os.environ.get("HYBRID_PROFILE_OVERRIDES")
+    env = os.environ.get("HYBRID_PROFILE_OVERRIDES", "").strip()
     if env:
-        merged = _deep_merge(merged, json.loads(env))
+        merged = _deep_merge(merged, _read_overrides(env))
     if name == "tiny":
         base = tiny()
     elif name == "full":
@@ -260,6 +316,17 @@ def get_profile(name: str, overrides: dict[str, Any] | None = None) -> Profile:
     else:
         raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
     return _apply(base, merged)
+
+
+def _read_overrides(value: str) -> dict[str, Any]:
+    """HYBRID_PROFILE_OVERRIDES: inline JSON (starts with "{") or a JSON file's path."""
+    if not value.startswith("{"):
+        with open(value, encoding="utf-8") as file:
+            value = file.read()
+    overrides = json.loads(value)
+    if not isinstance(overrides, dict):
+        raise ValueError("HYBRID_PROFILE_OVERRIDES must hold a JSON object")
+    return overrides
 
 
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

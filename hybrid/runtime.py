@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
@@ -14,6 +15,15 @@ def resolve_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
+
+
+def instance_device(requested: str, args: dict[str, Any]) -> torch.device:
+    """The device of one Triton model instance: "auto" on a KIND_GPU instance is the GPU Triton assigned it
+    (`model_instance_device_id`: instances of a multi-GPU host spread over their GPUs); "auto" elsewhere is
+    `resolve_device("auto")`; an explicit device is taken as given."""
+    if requested == "auto" and args.get("model_instance_kind") == "GPU" and torch.cuda.is_available():
+        return torch.device("cuda", int(args.get("model_instance_device_id", 0)))
+    return resolve_device(requested)
 
 
 def for_device(profile: Profile, device: torch.device) -> Profile:

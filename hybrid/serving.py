@@ -9,8 +9,10 @@ one batch, and answered one by one; a request that fails gets its own error and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import time
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import torch
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
 from hybrid.profiles import Profile, get_profile
-from hybrid.runtime import for_device, resolve_device
+from hybrid.runtime import for_device, instance_device
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +44,36 @@ class TorchModel:
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         self.name = config["name"]
-        self.device = resolve_device(params.get("device", "auto"))
+        self.device = instance_device(params.get("device", "auto"), args)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # graphs, compiled kernels and allocations on this instance's GPU
         overrides = json.loads(params.get("profile_overrides") or "{}")
         self.profile: Profile = for_device(get_profile(params.get("profile", "tiny"), overrides), self.device)
+        if params.get("runtime"):
+            self.profile = dataclasses.replace(self.profile, runtime=params["runtime"])
         if params.get("torch_threads"):
             torch.set_num_threads(int(params["torch_threads"]))
         self.input_names = [t["name"] for t in config["input"]]
         self.output_names = [t["name"] for t in config["output"]]
+        started = time.perf_counter()
+        if self.profile.runtime == "compiled":
+            from hybrid.acceleration import configure_cache
+
+            configure_cache(self.profile.compile_cache)
         self.build()
-        log.info("%s ready: profile %s on %s (%s)", self.name, self.profile.name, self.device, self.profile.dtype)
+        log.info(
+            "%s ready in %.1f s: profile %s on %s (%s, %s)",
+            self.name,
+            time.perf_counter() - started,
+            self.profile.name,
+            self.device,
+            self.profile.dtype,
+            self.profile.runtime,
+        )
+
+    @property
+    def compiled(self) -> bool:
+        return self.profile.runtime == "compiled"
 
     def build(self) -> None:
         raise NotImplementedError
@@ -63,6 +86,10 @@ class TorchModel:
         """Requests with equal keys are stacked into one batch: by default, equal input shapes."""
         return tuple(tuple(t.shape) for t in inputs.values())
 
+    def collate(self, requests: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """One group's requests → the batch `forward` takes: by default each input concatenated on the device."""
+        return {n: torch.cat([r[n] for r in requests]).to(self.device) for n in self.input_names}
+
     def execute(self, requests: list) -> list:
         pb = _pb()
         responses: list = [None] * len(requests)
@@ -74,8 +101,7 @@ class TorchModel:
             groups.setdefault(self.group_key(tensors), []).append(index)
         for indices in groups.values():
             try:
-                stacked = {n: torch.cat([decoded[i][n] for i in indices]).to(self.device) for n in self.input_names}
-                outputs = self.forward(stacked)
+                outputs = self.forward(self.collate([decoded[i] for i in indices]))
                 offset = 0
                 for i in indices:
                     size = decoded[i][self.input_names[0]].shape[0]
@@ -137,33 +163,103 @@ class VLMEncoderModel(TorchModel):
         from hybrid.vlm import build_vlm
 
         self.vlm = build_vlm(self.profile, self.device)
+        if self.compiled:
+            from hybrid.acceleration import accelerate_vlm
+
+            accelerate_vlm(self.vlm, self.device)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"VLM_TOKENS": self.vlm(inputs["VLM_PIXELS"], inputs["VLM_GRID_THW"])}
+        pixels, grid = inputs["VLM_PIXELS"], inputs["VLM_GRID_THW"]
+        if not self.compiled:
+            return {"VLM_TOKENS": self.vlm(pixels, grid)}
+        from hybrid.acceleration import pad_batch, padded_size
+
+        size = padded_size(pixels.shape[0])  # the prepared batch sizes
+        return {"VLM_TOKENS": self.vlm(pad_batch(pixels, size), pad_batch(grid, size))[: pixels.shape[0]]}
 
 
 class SpatialEncoderModel(TorchModel):
     def build(self) -> None:
+        from hybrid.contracts import IMAGE_SIZE
         from hybrid.spatial import build_spatial
 
         self.encoder = build_spatial(self.profile, self.device)
+        self.run = self.encoder
+        if self.compiled:
+            from hybrid.acceleration import CAPTURE_BATCH_SIZES, graphed
+
+            self.run = graphed(self.encoder, self.device, self.name)
+            with torch.inference_mode():
+                for batch in CAPTURE_BATCH_SIZES:  # one 224² frame per request
+                    self.run.prepare(torch.zeros(batch, 1, 3, IMAGE_SIZE, IMAGE_SIZE, device=self.device))
 
     @torch.inference_mode()
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"SPATIAL_TOKENS": self.encoder(inputs["SPATIAL_PIXELS"])}
+        from hybrid.acceleration import run_padded
+
+        return {"SPATIAL_TOKENS": run_padded(self.run, inputs["SPATIAL_PIXELS"].contiguous())}
 
 
 class FusionHeadModel(TorchModel):
-    """fusion, vlm_adapter or spatial_adapter: which one is the model's name in config.pbtxt."""
+    """fusion, vlm_adapter or spatial_adapter (the lab's modules): which one is the model's name in config.pbtxt.
+
+    Requests with different token counts (an image and a clip, say) share one batch: each stream is padded to the
+    longest and masked out of attention, so a request's result does not depend on its batch-mates.
+    """
 
     def build(self) -> None:
         from hybrid.fusion import build_fusion_module
 
         self.head = build_fusion_module(self.name, self.profile, self.device)
+        self.run = self.unmasked
+        if self.compiled:
+            from hybrid.acceleration import CAPTURE_BATCH_SIZES, graphed
+
+            self.run = graphed(self.unmasked, self.device, self.name)
+            with torch.inference_mode():
+                for batch in CAPTURE_BATCH_SIZES:  # one 224² image per request
+                    self.run.prepare(*self.example_inputs(batch))
+
+    def example_inputs(self, batch: int) -> list[torch.Tensor]:
+        """Token inputs of `batch` single-image requests: the VLM features and one frame of DINOv2 patches."""
+        from hybrid.contracts import SPATIAL_PATCHES_PER_FRAME
+
+        lengths = {"VLM_TOKENS": self.profile.vlm.sequence_length(64), "SPATIAL_TOKENS": SPATIAL_PATCHES_PER_FRAME}
+        widths = {"VLM_TOKENS": self.profile.vlm.dim, "SPATIAL_TOKENS": self.profile.spatial.dim}
+        return [torch.zeros(batch, lengths[n], widths[n], device=self.device) for n in self.input_names]
+
+    def unmasked(self, *tokens: torch.Tensor) -> torch.Tensor:
+        """The head over its token inputs in config order, no padding: what is graphed or compiled."""
+        named = dict(zip(self.input_names, tokens, strict=True))
+        return self.head(named.get("VLM_TOKENS"), named.get("SPATIAL_TOKENS")).float()
+
+    def group_key(self, inputs: dict[str, torch.Tensor]) -> Hashable:
+        return "all"  # every request fits one padded batch
+
+    def collate(self, requests: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        from hybrid.fusion import pad_tokens
+
+        batch: dict[str, torch.Tensor] = {}
+        for name in self.input_names:
+            rows = [row.to(self.device) for r in requests for row in r[name]]
+            batch[name], mask = pad_tokens(rows)
+            if mask is not None:
+                batch[f"{name}_MASK"] = mask
+        return batch
 
     @torch.inference_mode()
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"CONDITIONING": self.head(inputs.get("VLM_TOKENS"), inputs.get("SPATIAL_TOKENS")).float()}
+        if any(name.endswith("_MASK") for name in inputs):  # a padded batch of mixed token counts: eager
+            conditioning = self.head(
+                inputs.get("VLM_TOKENS"),
+                inputs.get("SPATIAL_TOKENS"),
+                inputs.get("VLM_TOKENS_MASK"),
+                inputs.get("SPATIAL_TOKENS_MASK"),
+            )
+            return {"CONDITIONING": conditioning.float()}
+        from hybrid.acceleration import run_padded
+
+        return {"CONDITIONING": run_padded(self.run, *(inputs[n].contiguous() for n in self.input_names))}
 
 
 class VideoDecoderModel(TorchModel):
@@ -171,6 +267,10 @@ class VideoDecoderModel(TorchModel):
         from hybrid.decoder import build_decoder
 
         self.decoder = build_decoder(self.profile, self.device)
+        if self.compiled:
+            from hybrid.acceleration import accelerate_decoder
+
+            accelerate_decoder(self.decoder, self.device, self.profile.decoder.default_steps)
 
     def group_key(self, inputs: dict[str, torch.Tensor]) -> Hashable:
         # Only requests asking for the same frame count and steps can share one diffusion run.
@@ -223,101 +323,6 @@ class OnnxRuntimeModel(TorchModel):
         return {name: outputs[name] for name in self.output_names}
 
 
-class CudaGraphRunner:
-    """Replays a CUDA graph of `fn` per input-shape signature, so a GPU model pays one launch instead of hundreds
-    (DINOv2-L in bf16 at batch 1: 5.5–8 ms eager, 1.6 ms as a graph on an H200; export/results/cuda-graphs-h200.md).
-
-    What it does, exactly: on the first call with a new combination of input shapes it warms `fn` up on a side
-    stream, captures one graph into a memory pool shared by all graphs, and from then on copies the inputs into
-    the graph's static buffers, replays it and returns a copy of the output. At most `max_graphs` shapes are
-    captured (they share one memory pool, safe because each output is copied out right after its replay);
-    further shapes run eagerly. Inputs must be CUDA tensors —
-    callers fall back to eager on a CPU. Only for functions without host synchronization or data-dependent
-    control flow (DINOv2, the fusion heads; not the Qwen vision tower, whose capture fails).
-    """
-
-    def __init__(self, fn, max_graphs: int = 8, warmup: int = 2) -> None:
-        self.fn = fn
-        self.max_graphs = max_graphs
-        self.warmup = warmup
-        self.graphs: dict[tuple, tuple[Any, tuple[torch.Tensor, ...], torch.Tensor]] = {}
-        self.pool = None
-
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        key = tuple((tuple(x.shape), x.dtype) for x in inputs)
-        entry = self.graphs.get(key)
-        if entry is None:
-            if len(self.graphs) >= self.max_graphs:
-                return self.fn(*inputs)
-            entry = self.graphs[key] = self._capture(inputs)
-        graph, static_inputs, static_output = entry
-        for buffer, x in zip(static_inputs, inputs, strict=True):
-            buffer.copy_(x)
-        graph.replay()
-        return static_output.clone()
-
-    def _capture(self, inputs: tuple[torch.Tensor, ...]) -> tuple[Any, tuple[torch.Tensor, ...], torch.Tensor]:
-        static_inputs = tuple(x.clone() for x in inputs)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                self.fn(*static_inputs)
-        torch.cuda.current_stream().wait_stream(side)
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            static_output = self.fn(*static_inputs)
-        log.info("captured a CUDA graph for input shapes %s", [tuple(x.shape) for x in inputs])
-        return graph, static_inputs, static_output
-
-
 def _config_parameters(args: dict[str, Any]) -> dict[str, str]:
     config = json.loads(args["model_config"])
     return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-
-
-class _CudaGraphSettings:
-    """Reads `cuda_graph_max_shapes` (default 8) from config.pbtxt before the base class builds the model."""
-
-    max_graphs: int = 8
-
-    def initialize(self, args: dict[str, Any]) -> None:
-        self.max_graphs = int(_config_parameters(args).get("cuda_graph_max_shapes") or 8)
-        super().initialize(args)  # type: ignore[misc]
-
-
-class CudaGraphSpatialEncoderModel(_CudaGraphSettings, SpatialEncoderModel):
-    """SpatialEncoderModel replaying CUDA graphs on a GPU (`python -m export --target torch --cuda-graphs`);
-    on a CPU it is SpatialEncoderModel, eager."""
-
-    def build(self) -> None:
-        super().build()
-        self.graphs = CudaGraphRunner(self.encoder, self.max_graphs) if self.device.type == "cuda" else None
-
-    @torch.inference_mode()
-    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if self.graphs is None:
-            return super().forward(inputs)
-        return {"SPATIAL_TOKENS": self.graphs(inputs["SPATIAL_PIXELS"].contiguous())}
-
-
-class CudaGraphFusionHeadModel(_CudaGraphSettings, FusionHeadModel):
-    """FusionHeadModel replaying CUDA graphs on a GPU (`--cuda-graphs`); on a CPU it is FusionHeadModel, eager."""
-
-    def build(self) -> None:
-        super().build()
-        kwargs = {"VLM_TOKENS": "vlm_tokens", "SPATIAL_TOKENS": "spatial_tokens"}
-        names = [kwargs[n] for n in self.input_names]
-
-        def head(*tokens: torch.Tensor) -> torch.Tensor:
-            return self.head(**dict(zip(names, tokens, strict=True))).float()
-
-        self.graphs = CudaGraphRunner(head, self.max_graphs) if self.device.type == "cuda" else None
-
-    @torch.inference_mode()
-    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if self.graphs is None:
-            return super().forward(inputs)
-        return {"CONDITIONING": self.graphs(*(inputs[n].contiguous() for n in self.input_names))}

@@ -1,11 +1,14 @@
-"""Qwen2.5-VL as a feature extractor: hidden states at the visual-token positions at a selectable layer."""
+"""Qwen2.5-VL as a feature extractor: the lab's full chat-templated sequence, or the visual tokens alone."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from hybrid.profiles import Profile, VLMConfig
+from hybrid.profiles import VLM_FEATURES, Profile, VLMConfig
 
 
 def build_qwen_config(cfg: VLMConfig):
@@ -15,69 +18,167 @@ def build_qwen_config(cfg: VLMConfig):
 
 
 class VLMFeatureExtractor(nn.Module):
-    """Runs Qwen2.5-VL over one image or video per batch item and returns [B, N, D] visual-token features.
+    """Runs Qwen2.5-VL over one image or video per batch item and returns [B, N, D] features.
 
-    The LLM sees `[prompt] <vision_start> <image_pad|video_pad>×N <vision_end>`. The prompt comes before the
-    visual tokens because attention is causal: text placed after them could not change their states. Without a
-    tokenizer (tiny profile, bare checkpoints) the visual tokens stand alone.
+    - `full_sequence` (the lab's features): the LLM sees `before <vision_start> <pad>×n <vision_end> after`,
+      where `before`/`after` are the chat template's tokens around the vision block (system turn, user turn with
+      the prompt "Describe.", generation prompt); every position's state is returned, N = len(before) + n + 2 +
+      len(after) (`VLMConfig.sequence_length`).
+    - `visual_tokens`: the LLM sees `<vision_start> <pad>×n <vision_end>` and only the n visual positions are
+      returned.
+    In a batch every item has the same grid (Triton stacks equal shapes only), hence the same length: no padding.
     """
 
-    def __init__(self, model: nn.Module, layer: str = "final", prompt_ids: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        features: str = "full_sequence",
+        layer: str = "final",
+        template: tuple[list[int], list[int]] = ([], []),
+    ) -> None:
         super().__init__()
         self.model = model  # transformers' Qwen2_5_VLModel (vision tower + language model, no LM head)
         self.config = model.config
         num_layers = self.config.text_config.num_hidden_layers
+        if features not in VLM_FEATURES:
+            raise ValueError(f"VLM features must be one of {', '.join(VLM_FEATURES)}, got {features!r}")
         if layer not in ("vision", "final") and not (layer.isdigit() and 0 <= int(layer) <= num_layers):
             raise ValueError(f"VLM layer must be 'vision', 'final' or 0..{num_layers}, got {layer!r}")
+        if layer == "vision" and features == "full_sequence":
+            raise ValueError("layer 'vision' has visual tokens only: use features 'visual_tokens' with it")
+        self.features = features
         self.layer = layer
-        self.prompt_ids = list(prompt_ids or [])
+        self.before, self.after = (list(template[0]), list(template[1])) if features == "full_sequence" else ([], [])
+        # The stages as called: `hybrid.acceleration.accelerate_vlm` swaps in a graphed tower and a compiled LLM.
+        self.vision: Callable[[torch.Tensor, tuple[int, int, int]], torch.Tensor] = self.encode_pixels
+        self.final_states: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.language_final_states
+        self._vision_inputs: dict[tuple, dict[str, Any]] = {}
+        self._sequences: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @property
     def dim(self) -> int:
         return int(self.config.text_config.hidden_size)
 
+    def sequence_length(self, visual_tokens: int) -> int:
+        """N of the output for `visual_tokens` merged visual tokens, with this extractor's template (a real
+        tokenizer's may differ in length from the profile's stand-in `VLMConfig.sequence_length`)."""
+        if self.features == "visual_tokens" or self.layer == "vision":
+            return visual_tokens
+        return len(self.before) + visual_tokens + 2 + len(self.after)
+
+    def input_ids(self, visual_id: int, visual_tokens: int, batch: int, device: torch.device) -> torch.Tensor:
+        cfg = self.config
+        ids = [*self.before, cfg.vision_start_token_id, *[visual_id] * visual_tokens, cfg.vision_end_token_id]
+        return torch.tensor([ids + self.after] * batch, device=device)
+
+    def vision_inputs(self, grid: tuple[int, int, int], device: torch.device) -> dict[str, Any]:
+        """The vision tower's grid-only tensors, computed once per grid (transformers' precomputed vision
+        kwargs). Sequence boundaries stay on the CPU: the tower reads them with `.tolist()`, which on a GPU tensor
+        would synchronize and make the tower impossible to capture as a CUDA graph."""
+        key = (grid, str(device))
+        if key not in self._vision_inputs:
+            from transformers.vision_utils import (
+                get_vision_attention_seqlens,
+                get_vision_position_ids,
+                get_vision_window_index,
+            )
+
+            visual = self.model.visual
+            cpu_grid = torch.tensor([grid])
+            cu_seqlens, max_seqlen = get_vision_attention_seqlens(cpu_grid, visual.config)
+            window_index, cu_window_seqlens = get_vision_window_index(
+                cpu_grid, visual.spatial_merge_size, visual.window_size, visual.patch_size
+            )
+            self._vision_inputs[key] = {
+                "position_ids": get_vision_position_ids(cpu_grid, visual.spatial_merge_size).to(device),
+                "cu_seqlens": cu_seqlens,
+                "max_seqlen": int(max_seqlen) if max_seqlen is not None else None,
+                "window_index": window_index.to(device),
+                "cu_window_seqlens": cu_window_seqlens,
+                "max_window_seqlen": int((cu_window_seqlens[1:] - cu_window_seqlens[:-1]).max()),
+            }
+        return self._vision_inputs[key]
+
+    def encode_pixels(self, flat: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """The vision tower: flattened patches of every batch item [B·P, 1176] (one grid each) → [B·n, D]."""
+        batch = flat.shape[0] // (grid[0] * grid[1] * grid[2])
+        grid_thw = torch.tensor([grid] * batch)
+        if batch == 1:
+            kwargs = self.vision_inputs(grid, flat.device)
+            return self.model.visual(flat, grid_thw=grid_thw, **kwargs).pooler_output
+        # Items attend only within themselves: one tower call per item keeps the precomputed grid tensors.
+        per_item = flat.shape[0] // batch
+        return torch.cat([self.encode_pixels(flat[i * per_item : (i + 1) * per_item], grid) for i in range(batch)])
+
+    def sequence_inputs(
+        self, is_video: bool, visual_tokens: int, batch: int, grid: tuple[int, int, int], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input_ids [B, L], visual-token mask [B, L], M-RoPE position ids [3, B, L]) of one sequence layout,
+        built once: they depend on the template, the grid and the batch size only."""
+        key = (is_video, visual_tokens, batch, grid, str(device))
+        if key not in self._sequences:
+            cfg = self.config
+            visual_id = cfg.video_token_id if is_video else cfg.image_token_id
+            input_ids = self.input_ids(visual_id, visual_tokens, batch, device)
+            visual = input_ids == visual_id
+            # Without mm_token_type_ids transformers silently falls back to 1-D positions (wrong M-RoPE states).
+            mm_token_type_ids = visual.int() * (2 if is_video else 1)
+            grid_thw = torch.tensor([grid] * batch, device=device)
+            positions, _ = self.model.get_rope_index(
+                input_ids,
+                mm_token_type_ids=mm_token_type_ids,
+                image_grid_thw=None if is_video else grid_thw,
+                video_grid_thw=grid_thw if is_video else None,
+            )
+            self._sequences[key] = (input_ids, visual, positions)
+        return self._sequences[key]
+
+    def language_final_states(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The language model's normed last layer over the merged embeddings [B, L, D] → [B, L, D]."""
+        return self.model.language_model(
+            inputs_embeds=embeds, position_ids=positions, use_cache=False
+        ).last_hidden_state
+
     @torch.inference_mode()
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        """pixel_values [B, P, 1176], grid_thw [B, 3] (identical rows: one shape per batch) → [B, N, D]."""
-        batch = pixel_values.shape[0]
-        flat = pixel_values.reshape(-1, pixel_values.shape[-1]).to(self.model.visual.dtype)
-        is_video = bool(grid_thw[0, 0] > 1)
-        tokens_per_item = int(grid_thw[0].prod()) // self.config.vision_config.spatial_merge_size**2
-        if self.layer == "vision":
-            features = self.model.get_image_features(flat, grid_thw).pooler_output
-            return torch.stack(list(features)).float()
+        """pixel_values [B, P, 1176], grid_thw [B, 3] (identical rows: one shape per batch) → [B, N, D].
 
-        cfg = self.config
-        visual_id = cfg.video_token_id if is_video else cfg.image_token_id
-        ids = [*self.prompt_ids, cfg.vision_start_token_id, *[visual_id] * tokens_per_item, cfg.vision_end_token_id]
-        input_ids = torch.tensor([ids] * batch, device=flat.device)
-        visual = input_ids == visual_id
-        # Without mm_token_type_ids transformers silently falls back to 1-D positions (wrong M-RoPE states).
-        mm_token_type_ids = visual.int() * (2 if is_video else 1)
-        kwargs = (
-            {"pixel_values_videos": flat, "video_grid_thw": grid_thw}
-            if is_video
-            else {"pixel_values": flat, "image_grid_thw": grid_thw}
-        )
-        out = self.model(
-            input_ids=input_ids,
-            mm_token_type_ids=mm_token_type_ids,
-            output_hidden_states=self.layer != "final",
-            use_cache=False,
-            **kwargs,
-        )
-        states = out.last_hidden_state if self.layer == "final" else out.hidden_states[int(self.layer)]
-        return states[visual].reshape(batch, tokens_per_item, -1).float()
+        The same computation as `Qwen2_5_VLModel.forward`, in three separable stages — vision tower, token
+        embedding with the visual features scattered in, language model — so each can be compiled or captured
+        (`hybrid.acceleration`) and the grid-only tensors are computed once per grid.
+        """
+        batch = pixel_values.shape[0]
+        grid = tuple(int(v) for v in grid_thw[0].tolist())
+        flat = pixel_values.reshape(-1, pixel_values.shape[-1]).to(self.model.visual.dtype)
+        visual_embeds = self.vision(flat, grid)  # [B·n, D]
+        if self.layer == "vision":
+            return visual_embeds.reshape(batch, -1, visual_embeds.shape[-1]).float()
+
+        visual_tokens = visual_embeds.shape[0] // batch
+        input_ids, visual, positions = self.sequence_inputs(grid[0] > 1, visual_tokens, batch, grid, flat.device)
+        embeds = self.model.get_input_embeddings()(input_ids)
+        embeds = embeds.masked_scatter(visual.unsqueeze(-1), visual_embeds.to(embeds.dtype))
+        if self.layer == "final":
+            # hidden_states[-1] is last_hidden_state (after the final norm): the lab's hidden_states[-1].
+            states = self.final_states(embeds, positions)
+        else:
+            out = self.model.language_model(
+                inputs_embeds=embeds, position_ids=positions, output_hidden_states=True, use_cache=False
+            )
+            states = out.hidden_states[int(self.layer)]
+        if self.features == "full_sequence":
+            return states.float()
+        return states[visual].reshape(batch, visual_tokens, -1).float()
 
 
 def build_vlm(profile: Profile, device: str | torch.device = "cpu") -> VLMFeatureExtractor:
     """Qwen2.5-VL for `profile`: seeded random weights, or the checkpoint loaded offline from a local path or
-    the Hugging Face cache."""
+    the Hugging Face cache (its chat template supplies the prompt's tokens when it ships a tokenizer)."""
     from transformers import Qwen2_5_VLModel
 
     cfg = profile.vlm
     dtype = getattr(torch, profile.dtype)
-    prompt_ids: list[int] = []
+    template = (cfg.template_ids.get("before", []), cfg.template_ids.get("after", []))
     if profile.random_weights or cfg.checkpoint is None:
         torch.manual_seed(profile.seed)
         # Built on the target device in the target dtype: a 7B model initialized on a CPU in fp32 takes minutes.
@@ -85,17 +186,28 @@ def build_vlm(profile: Profile, device: str | torch.device = "cpu") -> VLMFeatur
             model = Qwen2_5_VLModel._from_config(build_qwen_config(cfg), dtype=dtype)
     else:
         model = Qwen2_5_VLModel.from_pretrained(cfg.checkpoint, dtype=dtype, local_files_only=True)
-        if cfg.prompt:
-            prompt_ids = _tokenize_prompt(cfg.checkpoint, cfg.prompt)
-    return VLMFeatureExtractor(model.eval().to(device), cfg.layer, prompt_ids)
+        template = chat_template_ids(cfg.checkpoint, cfg.prompt) or template
+    return VLMFeatureExtractor(model.eval().to(device), cfg.features, cfg.layer, template)
 
 
-def _tokenize_prompt(checkpoint: str, prompt: str) -> list[int]:
-    """Token ids of the prompt, or none when the checkpoint ships no tokenizer."""
-    from transformers import AutoTokenizer
+def chat_template_ids(checkpoint: str, prompt: str) -> tuple[list[int], list[int]] | None:
+    """The checkpoint's chat template for one user turn [image, `prompt`] with the generation prompt, as the
+    token ids before `<|vision_start|>` and after `<|vision_end|>`; None when it ships no tokenizer.
+
+    The template is the same for an image and a video apart from the pad token inside the vision block.
+    """
+    from transformers import AutoProcessor
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True)
+        processor = AutoProcessor.from_pretrained(checkpoint, local_files_only=True)
     except (OSError, ValueError):
-        return []
-    return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        return None
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None or getattr(processor, "chat_template", None) is None:
+        return None
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    start = ids.index(tokenizer.convert_tokens_to_ids("<|vision_start|>"))
+    end = ids.index(tokenizer.convert_tokens_to_ids("<|vision_end|>"))
+    return ids[:start], ids[end + 1 :]

@@ -308,7 +308,7 @@ def test_gateway_service(services: dict[str, dict[str, Any]]) -> None:
     assert _healthcheck_url(gateway) == (int(_env(gateway)["HYBRID_PORT"]), "/readyz")
     env = _env(gateway)
     assert env["HYBRID_TRITON_GRPC_URL"] == f"triton:{_flag(triton['command'], '--grpc-port')}"
-    assert env["HYBRID_TRITON_HTTP_URL"] == f"http://triton:{_flag(triton['command'], '--http-port')}"
+    assert env["HYBRID_TRITON_METRICS_URL"] == f"http://triton:{_flag(triton['command'], '--metrics-port')}/metrics"
     assert set(triton["networks"]) & set(gateway["networks"]), "the gateway cannot reach triton"
     assert not _gpu_devices(gateway)
 
@@ -341,9 +341,9 @@ def test_profile_overrides_point_at_the_weights_volume(
         profile = get_profile("full", overrides)  # raises on a setting the profile does not have
         weights = next(m for m in _mounts(service) if m["source"] == "weights")
         checkpoints = [
-            profile.fusion.fusion_checkpoint,
-            profile.fusion.vlm_adapter_checkpoint,
-            profile.fusion.spatial_adapter_checkpoint,
+            profile.fusion.checkpoint,
+            profile.adapter.vlm_checkpoint,
+            profile.adapter.spatial_checkpoint,
         ]
         for checkpoint in checkpoints:
             assert checkpoint and checkpoint.startswith(weights["target"] + "/"), f"{name}: {checkpoint}"
@@ -707,7 +707,12 @@ GATEWAY_METRICS = {
     "hybrid_overhead_ratio",
     "hybrid_overhead_budget_ratio",
     "hybrid_overhead_samples",
-    "hybrid_stage_duration_seconds",
+    "hybrid_overhead_ci95_lower_ratio",
+    "hybrid_overhead_ci95_upper_ratio",
+    "hybrid_overhead_verdict",
+    "hybrid_pipeline_service_seconds",
+    "hybrid_stage_service_seconds",
+    "hybrid_triton_device_info",
 }
 TRITON_METRICS = {
     "nv_inference_request_success",
@@ -766,8 +771,9 @@ def test_dashboard_has_the_e_p2_6_panels(dashboard: dict[str, Any]) -> None:
             rf"histogram_quantile\({quantile}, sum by \([^)]*\ble\b[^)]*\bpipeline\b[^)]*\) "
             r'\(rate\(hybrid_gateway_request_duration_seconds_bucket\{endpoint="reconstruct"[,}]'
         ), f"reconstruct p{quantile} per pipeline"
-    assert some(r'hybrid_overhead_ratio\{scope="end_to_end"\}')
-    assert some(r'hybrid_overhead_ratio\{scope="encode"\}')
+    assert some(r'hybrid_overhead_ratio\{scope="end_to_end", estimator="service_time"\}')
+    assert some(r'hybrid_overhead_ratio\{scope="encode", estimator="service_time"\}')
+    assert some(r'hybrid_overhead_verdict\{estimator="service_time"\}')
     assert some(r"hybrid_overhead_budget_ratio")
     assert some(r"rate\(nv_inference_compute_infer_duration_us\[1m\]\)\) / .*rate\(nv_inference_\w+\[1m\]\)")
     assert some(r"rate\(nv_inference_queue_duration_us\[1m\]\)\) / .*rate\(nv_inference_\w+\[1m\]\)")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hybrid.decoder import build_decoder
-from hybrid.fusion import build_fusion_module
+from hybrid.fusion import HEADS, build_fusion_module, build_head_module
 from hybrid.pipeline import ReferencePipeline
 from hybrid.preprocess import Preprocessor
 from hybrid.profiles import get_profile
@@ -38,30 +38,69 @@ def test_preprocess_image_and_video(preprocessor: Preprocessor) -> None:
     assert abs(float(image.spatial_pixels.mean())) < 1.0
 
 
-@pytest.mark.parametrize("layer", ["vision", "0", "1", "final"])
-def test_vlm_layers(preprocessor: Preprocessor, layer: str) -> None:
-    profile = dataclasses.replace(TINY, vlm=dataclasses.replace(TINY.vlm, layer=layer))
-    vlm = build_vlm(profile)
+def _vlm(features: str, layer: str = "final"):
+    return build_vlm(dataclasses.replace(TINY, vlm=dataclasses.replace(TINY.vlm, features=features, layer=layer)))
+
+
+@pytest.mark.parametrize(
+    ("features", "layer"),
+    [
+        ("visual_tokens", "vision"),
+        ("visual_tokens", "0"),
+        ("visual_tokens", "final"),
+        ("full_sequence", "1"),
+        ("full_sequence", "final"),
+    ],
+)
+def test_vlm_features(preprocessor: Preprocessor, features: str, layer: str) -> None:
+    vlm = _vlm(features, layer)
     inputs = preprocessor(media_samples.frames(1))
     pixels = torch.from_numpy(inputs.vlm_pixels)[None]
     grid = torch.from_numpy(inputs.vlm_grid_thw)[None]
     out = vlm(pixels, grid)
-    assert out.shape == (1, 64, TINY.vlm.dim) and out.dtype == torch.float32
+    length = TINY.vlm.sequence_length(64) if features == "full_sequence" else 64
+    assert out.shape == (1, length, TINY.vlm.dim) and out.dtype == torch.float32
     # Batching stacks items without changing any item's features.
     batched = vlm(pixels.repeat(2, 1, 1), grid.repeat(2, 1))
     torch.testing.assert_close(batched[1], out[0], atol=1e-5, rtol=1e-5)
 
 
+def test_full_sequence_is_the_chat_templated_prompt_with_every_position(preprocessor: Preprocessor) -> None:
+    """The lab's features: template + vision block + "Describe." + generation prompt, all positions returned."""
+    before, after = TINY.vlm.template_ids["before"], TINY.vlm.template_ids["after"]
+    assert TINY.vlm.features == "full_sequence" and get_profile("full").vlm.features == "full_sequence"
+    assert TINY.vlm.sequence_length(64) == len(before) + 64 + 2 + len(after)
+    inputs = preprocessor(media_samples.frames(1))
+    args = (torch.from_numpy(inputs.vlm_pixels)[None], torch.from_numpy(inputs.vlm_grid_thw)[None])
+    full, visual = _vlm("full_sequence")(*args), _vlm("visual_tokens")(*args)
+    ids = _vlm("full_sequence").input_ids(1000, 64, 1, torch.device("cpu"))[0].tolist()
+    assert ids == [*before, 1002, *[1000] * 64, 1003, *after]
+    # The visual positions of the full sequence follow the system/user text, so their states differ from the
+    # visual tokens seen alone (attention is causal: the text before them changes them).
+    start = len(before) + 1
+    assert not torch.allclose(full[:, start : start + 64], visual, atol=1e-4)
+
+
+def test_full_sequence_of_a_video(preprocessor: Preprocessor) -> None:
+    inputs = preprocessor(media_samples.frames(4))
+    out = _vlm("full_sequence")(torch.from_numpy(inputs.vlm_pixels)[None], torch.from_numpy(inputs.vlm_grid_thw)[None])
+    assert out.shape == (1, TINY.vlm.sequence_length(128), TINY.vlm.dim)  # 2 temporal patches × 64 merged tokens
+
+
 def test_vlm_layers_differ_and_video_has_more_tokens(preprocessor: Preprocessor) -> None:
     outputs = {}
     for layer in ("vision", "1", "final"):
-        profile = dataclasses.replace(TINY, vlm=dataclasses.replace(TINY.vlm, layer=layer))
-        vlm = build_vlm(profile)
+        vlm = _vlm("visual_tokens", layer)
         inputs = preprocessor(media_samples.frames(4))
         outputs[layer] = vlm(torch.from_numpy(inputs.vlm_pixels)[None], torch.from_numpy(inputs.vlm_grid_thw)[None])
     assert outputs["final"].shape == (1, 128, TINY.vlm.dim)  # 2 temporal patches × 64 merged tokens
     assert not torch.allclose(outputs["vision"], outputs["1"])
     assert not torch.allclose(outputs["1"], outputs["final"])
+
+
+def test_vlm_rejects_vision_layer_with_full_sequence() -> None:
+    with pytest.raises(ValueError, match="visual tokens only"):
+        _vlm("full_sequence", "vision")
 
 
 def test_vlm_rejects_unknown_layer() -> None:
@@ -94,16 +133,16 @@ def test_fusion_heads(kind: str, uses: tuple[int, int]) -> None:
     assert (not torch.allclose(out, changed_spatial)) == bool(uses[1])
 
 
-def test_fusion_parameter_counts_at_full_size() -> None:
+def test_head_parameter_counts_at_full_size() -> None:
+    """The lab's modules at full size: HybridFusionModule 77,483,008 parameters, DINOv2Adapter 212,056,064
+    (the counts of the lab's own full-size checkpoints, tests/data/lab_reference/manifest.json)."""
     full = get_profile("full", {"random_weights": True})
-    counts = {
-        k: build_fusion_module(k, dataclasses.replace(full, dtype="float32")).num_parameters()
-        for k in ("fusion", "vlm_adapter", "spatial_adapter")
-    }
-    # d=1024: 4 blocks × (cross 4d² + self 4d² + MLP 8d²) = 67.1 M, input projections 4.7 M, output 4.2 M.
-    assert 75e6 < counts["fusion"] < 78e6
-    assert counts["vlm_adapter"] < counts["fusion"] and counts["spatial_adapter"] < counts["fusion"]
-    assert counts["fusion"] - counts["vlm_adapter"] == 1024 * 1024 + 1024 + 256 * 1024 + 1024  # spatial proj+pos+type
+    with torch.device("meta"):
+        counts = {k: sum(p.numel() for p in build_head_module(k, full).parameters()) for k in HEADS}
+    assert counts["fusion"] == 77_483_008
+    assert counts["spatial_adapter"] == 212_056_064
+    # The VLM-only adapter is the same architecture over 3584-wide features: only dino_proj grows.
+    assert counts["vlm_adapter"] - counts["spatial_adapter"] == (3584 - 1024) * 2048
 
 
 def test_fusion_requires_its_streams() -> None:

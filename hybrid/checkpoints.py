@@ -1,0 +1,123 @@
+"""Import the lab's trained heads: their `.pt` state dicts → checked `.safetensors` + the profile override that
+serves them.
+
+    python -m hybrid.checkpoints --profile full --out weights/ \\
+        --fusion fusion_module_best.pt --spatial-adapter dinov2_adapter_best.pt [--vlm-adapter vlm_adapter.pt]
+
+The lab saves `torch.save(model.state_dict())`. Those files are read with `torch.load(weights_only=True)` (tensors
+and plain containers only: never a full unpickle of an untrusted file); `.safetensors` inputs are read as they are.
+Every key and shape is checked against the module the profile builds (`hybrid.fusion.build_head_module`, on the
+meta device: nothing is allocated), so a wrong file fails here with the first mismatching key named, not later
+inside a Triton model. The output directory gets `<head>.safetensors` per head and `profile-overrides.json`:
+
+    HYBRID_PROFILE_OVERRIDES=weights/profile-overrides.json make up
+
+serves them (the variable takes JSON or the path of a JSON file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from hybrid.fusion import HEADS, build_head_module
+from hybrid.profiles import PROFILES, Profile, get_profile
+
+OVERRIDE_FILE = "profile-overrides.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the profile's module: the message names the first offending key."""
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a `.safetensors` file or a `torch.save`d state dict (weights_only: no arbitrary objects)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read is the same message to the user
+        raise CheckpointError(f"{path}: not a readable torch state dict ({type(exc).__name__}: {exc})") from None
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise CheckpointError(f"{path}: expected a state dict (a mapping of names to tensors)")
+    return dict(loaded)
+
+
+def check_state_dict(kind: str, state: dict[str, torch.Tensor], profile: Profile) -> None:
+    """Raise CheckpointError naming the first key that is missing, unexpected or of another shape than the
+    profile's `kind` module has (in the module's own key order)."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build_head_module(kind, profile).state_dict().items()}
+    for key, shape in expected.items():
+        if key not in state:
+            raise CheckpointError(f"{kind}: missing key {key!r} (shape {list(shape)}) for profile {profile.name!r}")
+        if tuple(state[key].shape) != shape:
+            raise CheckpointError(
+                f"{kind}: key {key!r} has shape {list(state[key].shape)}, the profile {profile.name!r} expects "
+                f"{list(shape)}"
+            )
+    unexpected = [k for k in state if k not in expected]
+    if unexpected:
+        raise CheckpointError(f"{kind}: unexpected key {unexpected[0]!r} (and {len(unexpected) - 1} more)")
+
+
+def override_for(written: dict[str, Path]) -> dict[str, dict[str, str]]:
+    """The profile override that points each head at its safetensors file."""
+    override: dict[str, dict[str, str]] = {}
+    for kind, path in written.items():
+        if kind == "fusion":
+            override.setdefault("fusion", {})["checkpoint"] = str(path)
+        else:
+            override.setdefault("adapter", {})[f"{kind.split('_')[0]}_checkpoint"] = str(path)
+    return override
+
+
+def import_checkpoints(sources: dict[str, Path], profile: Profile, out: Path) -> dict[str, Path]:
+    """Check every source against `profile`, then write `<head>.safetensors` and the override file in `out`.
+    Nothing is written unless every source passes."""
+    from safetensors.torch import save_file
+
+    unknown = set(sources) - set(HEADS)
+    if unknown:
+        raise CheckpointError(f"unknown heads {sorted(unknown)}; choose from {', '.join(HEADS)}")
+    states = {kind: read_state_dict(path) for kind, path in sources.items()}
+    for kind, state in states.items():
+        check_state_dict(kind, state, profile)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for kind, state in states.items():
+        written[kind] = (out / f"{kind}.safetensors").resolve()
+        save_file({k: v.contiguous() for k, v in state.items()}, written[kind], metadata={"head": kind})
+    (out / OVERRIDE_FILE).write_text(json.dumps(override_for(written), indent=2) + "\n")
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hybrid.checkpoints", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", choices=PROFILES, default="full")
+    parser.add_argument("--out", type=Path, required=True, help="directory for the .safetensors and the override")
+    for kind in HEADS:
+        parser.add_argument(f"--{kind.replace('_', '-')}", type=Path, dest=kind, help=f"the {kind} state dict")
+    args = parser.parse_args(argv)
+    sources = {kind: getattr(args, kind) for kind in HEADS if getattr(args, kind)}
+    if not sources:
+        parser.error(f"name at least one of {', '.join('--' + k.replace('_', '-') for k in HEADS)}")
+    try:
+        written = import_checkpoints(sources, get_profile(args.profile), args.out)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for kind, path in written.items():
+        print(f"{kind}: {sources[kind]} → {path}")
+    print(f"serve them with: HYBRID_PROFILE_OVERRIDES={args.out / OVERRIDE_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
