@@ -1,17 +1,31 @@
 """Decoding client media into frames and encoding frames into replies. Torch-free: the gateway uses it to
 reject bad uploads before Triton sees them, and the preprocess model uses it to decode them.
 
-Every failure is a `MediaError` whose `code` and message name the problem, so the gateway can map it to a 4xx.
+Decoding is bounded, because an upload of a few hundred bytes can describe gigabytes of pixels:
+- the container is recognised from its first bytes, and only the four image decoders we accept (or FFmpeg's MP4
+  and Matroska demuxers) ever see the data;
+- sizes and frame counts are read from headers first (a GIF's every frame descriptor, a WebP's or APNG's frame
+  count, a video stream's size and frame count) and refused before any pixel is decoded;
+- every frame is checked again as it is decoded, not only the first (a GIF frame may be larger than its screen, an
+  MJPEG stream may change size), and against a total budget of decoded pixels (frames × pixels);
+- with `size`, each frame is resized as soon as it is decoded, so memory holds about one full-size frame.
+
+Every failure is a `MediaError` whose `code` and message name the problem, so the gateway can map it to a 4xx:
+whatever a decoder raises on malformed input (OSError, SyntaxError, IndexError, struct.error, …) becomes one.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageSequence, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 OUTPUT_FORMATS: dict[str, str] = {
@@ -22,6 +36,22 @@ OUTPUT_FORMATS: dict[str, str] = {
     "npz": "application/octet-stream",
 }
 SINGLE_FRAME_FORMATS = ("png",)
+ACCEPTED = "PNG, JPEG, WebP, GIF, MP4 or WebM"
+
+# Formats recognised only to name them when refusing them (first bytes → name).
+_REFUSED_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"8BPS", "PSD"),
+    (b"%PDF", "PDF"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"OggS", "Ogg"),
+    (b"qoif", "QOI"),
+    (b"\xff\x0a", "JPEG XL"),
+)
 
 
 class MediaError(ValueError):
@@ -39,101 +69,259 @@ class MediaLimits:
     """Bounds that keep one request from exhausting the server (decompression bombs, endless videos)."""
 
     max_bytes: int = 32 * 1024 * 1024
-    max_pixels: int = 4096 * 4096
+    max_pixels: int = 4096 * 4096  # per frame, at the size it is decoded
     max_frames: int = 16
+    max_total_pixels: int = 16 * 4096 * 4096  # summed over every decoded frame: bounds the decoding work
 
 
 @dataclass(frozen=True)
 class DecodedMedia:
-    frames: np.ndarray  # [F, H, W, 3] uint8
+    frames: np.ndarray  # [F, H, W, 3] uint8 (H = W = size when decoded with a size)
     kind: str  # "image" or "video"
     format: str
+    decoded_pixels: int = 0  # pixels decoded at full size, all frames: what the decode cost
 
     @property
     def num_frames(self) -> int:
         return int(self.frames.shape[0])
 
 
-def decode_media(data: bytes, limits: MediaLimits) -> DecodedMedia:
-    """Decode an image (PNG, JPEG, WebP), an animation (GIF, WebP) or a video (MP4, WebM, …) into RGB frames."""
+def decode_media(data: bytes, limits: MediaLimits, size: int | None = None) -> DecodedMedia:
+    """Decode an image (PNG, JPEG, WebP), an animation (GIF, WebP, APNG) or a video (MP4, WebM, MKV) into RGB
+    frames; with `size`, every frame is resized (bicubic, the encoders' own) to size×size as it is decoded."""
     if not data:
         raise MediaError("empty_file", "the uploaded file is empty", 400)
     if len(data) > limits.max_bytes:
         raise MediaError("file_too_large", f"the upload has {len(data)} bytes; the limit is {limits.max_bytes}", 413)
-    if _looks_like_iso_video(data) or data[:4] == b"\x1a\x45\xdf\xa3":
-        return _decode_video(data, limits)
-    return _decode_image(data, limits)
-
-
-def _looks_like_iso_video(data: bytes) -> bool:
-    return len(data) > 12 and data[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide")
-
-
-def _check_pixels(width: int, height: int, limits: MediaLimits) -> None:
-    if width <= 0 or height <= 0:
-        raise MediaError("invalid_media", f"the media reports an empty size {width}x{height}")
-    if width * height > limits.max_pixels:
-        raise MediaError(
-            "too_many_pixels",
-            f"the media is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}",
-            413,
-        )
-
-
-def _check_frames(count: int, limits: MediaLimits) -> None:
-    if count > limits.max_frames:
-        raise MediaError("too_many_frames", f"the media has {count} frames or more; the limit is {limits.max_frames}")
-
-
-def _decode_image(data: bytes, limits: MediaLimits) -> DecodedMedia:
+    container = sniff(data)
+    budget = FrameBudget(limits)
     try:
-        with warnings.catch_warnings():
-            # Pillow's own bomb check warns or raises at its global limit; ours is checked explicitly below.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise MediaError(
-            "unsupported_media", "the file is not a supported image or video (PNG, JPEG, WebP, GIF, MP4)"
-        ) from None
+        if container in ("mp4", "matroska"):
+            frames = _decode_video(data, container, budget, size)
+        else:
+            frames = _decode_image(data, container, budget, size)
+        stacked = _stack(frames)
+    except MediaError:
+        raise
     except Image.DecompressionBombError:
         raise MediaError(
             "too_many_pixels", f"the image is a decompression bomb; the limit is {limits.max_pixels} pixels", 413
         ) from None
-    if image.format not in IMAGE_FORMATS:
-        raise MediaError("unsupported_media", f"image format {image.format} is not accepted")
-    _check_pixels(image.width, image.height, limits)
-    count = getattr(image, "n_frames", 1)
-    _check_frames(count, limits)
-    try:
-        frames = [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(image)]
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise MediaError("corrupt_media", f"the {image.format} file is truncated or corrupt: {exc}") from None
-    kind = "video" if len(frames) > 1 else "image"
-    return DecodedMedia(np.stack(frames), kind, image.format.lower())
+    except MemoryError:
+        raise MediaError("too_many_pixels", "the media is too large to decode", 413) from None
+    except Exception as exc:  # noqa: BLE001 - decoders raise anything on malformed input; all of it is the file's fault
+        log.info("%s upload failed to decode: %s: %s", container, type(exc).__name__, exc)
+        raise MediaError(
+            "corrupt_media", f"the {_label(container)} file is truncated or corrupt{_reason(exc)}"
+        ) from None
+    kind = "video" if container in ("mp4", "matroska") or len(frames) > 1 else "image"
+    return DecodedMedia(stacked, kind, "mp4" if container in ("mp4", "matroska") else container, budget.pixels)
 
 
-def _decode_video(data: bytes, limits: MediaLimits) -> DecodedMedia:
+def sniff(data: bytes) -> str:
+    """The container from the first bytes: gif, png, jpeg, webp, mp4 or matroska; anything else is refused here,
+    so no other decoder ever parses client bytes."""
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if len(data) > 12 and data[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide"):
+        return "mp4"
+    if data[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"
+    for signature, name in _REFUSED_SIGNATURES:
+        if data.startswith(signature):
+            raise MediaError("unsupported_media", f"image format {name} is not accepted; send {ACCEPTED}")
+    if data[:4] == b"RIFF":
+        raise MediaError("unsupported_media", f"RIFF {data[8:12]!r} files are not accepted; send {ACCEPTED}")
+    raise MediaError("unsupported_media", f"the file is not a supported image or video ({ACCEPTED})")
+
+
+class FrameBudget:
+    """Counts frames and decoded pixels against the limits; each check names what went over."""
+
+    def __init__(self, limits: MediaLimits) -> None:
+        self.limits = limits
+        self.frames = 0
+        self.pixels = 0
+
+    def check_size(self, width: int, height: int, what: str = "the media") -> None:
+        if width <= 0 or height <= 0:
+            raise MediaError("invalid_media", f"{what} reports an empty size {width}x{height}")
+        if width * height > self.limits.max_pixels:
+            raise MediaError(
+                "too_many_pixels",
+                f"{what} is {width}x{height} = {width * height} pixels; the limit is {self.limits.max_pixels}",
+                413,
+            )
+
+    def check_count(self, count: int) -> None:
+        if count > self.limits.max_frames:
+            raise MediaError(
+                "too_many_frames", f"the media has {count} frames or more; the limit is {self.limits.max_frames}"
+            )
+
+    def check_total(self, pixels: int) -> None:
+        if pixels > self.limits.max_total_pixels:
+            raise MediaError(
+                "too_many_pixels",
+                f"the media holds {pixels} pixels or more over all its frames; the limit is "
+                f"{self.limits.max_total_pixels}",
+                413,
+            )
+
+    def take(self, width: int, height: int) -> None:
+        """One more frame of width×height is about to be decoded."""
+        self.check_count(self.frames + 1)
+        self.check_size(width, height, f"frame {self.frames + 1}")
+        self.check_total(self.pixels + width * height)
+        self.frames += 1
+        self.pixels += width * height
+
+
+def _decode_image(data: bytes, container: str, budget: FrameBudget, size: int | None) -> list[np.ndarray]:
+    if container == "gif":
+        # Pillow only learns a GIF frame's size (which may exceed the screen) as it seeks to it, and seeking
+        # decodes the frame before: check every descriptor first.
+        screen, frames = gif_layout(data, budget.limits.max_frames + 1)
+        budget.check_size(*screen)
+        budget.check_count(len(frames))
+        budget.check_total(sum(w * h for w, h in frames))
+    with warnings.catch_warnings():
+        # Pillow's own bomb check warns or raises at its global limit; ours are checked explicitly.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data), formats=[container.upper()]) as image:
+            budget.check_size(*image.size)
+            count = getattr(image, "n_frames", 1)
+            budget.check_count(count)
+            budget.check_total(count * image.width * image.height)
+            return list(_image_frames(image, count, budget, size))
+
+
+def _image_frames(image: Image.Image, count: int, budget: FrameBudget, size: int | None) -> Iterator[np.ndarray]:
+    for index in range(count):
+        image.seek(index)
+        budget.take(*image.size)  # after the seek: the frame's own size, before its pixels are decoded
+        image.load()
+        yield _finish(image.convert("RGB"), size)
+
+
+def _decode_video(data: bytes, container: str, budget: FrameBudget, size: int | None) -> list[np.ndarray]:
     import av  # imported lazily: FFmpeg's libraries load in a few hundred ms
 
-    try:
-        with av.open(io.BytesIO(data), mode="r") as container:
-            if not container.streams.video:
-                raise MediaError("unsupported_media", "the container has no video stream")
-            stream = container.streams.video[0]
-            _check_pixels(stream.codec_context.width, stream.codec_context.height, limits)
-            if stream.frames:
-                _check_frames(stream.frames, limits)
-            frames: list[np.ndarray] = []
-            for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="rgb24"))
-                _check_frames(len(frames), limits)
-    except MediaError:
-        raise
-    except (av.FFmpegError, ValueError, OSError) as exc:
-        raise MediaError("corrupt_media", f"the video cannot be decoded: {exc}") from None
+    limits = budget.limits
+    # FFmpeg refuses to allocate a frame over this many pixels, also while probing the streams.
+    codec_options = {"max_pixels": str(limits.max_pixels)}
+    frames: list[np.ndarray] = []
+    with av.open(
+        io.BytesIO(data),
+        mode="r",
+        format="mov" if container == "mp4" else "matroska",
+        options=codec_options,  # also the base of every stream's decoder options while probing
+    ) as media:
+        if not media.streams.video:
+            raise MediaError("unsupported_media", "the container has no video stream")
+        stream = media.streams.video[0]
+        context = stream.codec_context
+        if context is None:
+            raise MediaError("unsupported_media", "the video stream's codec is not supported")
+        budget.check_size(context.width, context.height, "the video")
+        if stream.frames:
+            budget.check_count(stream.frames)
+            budget.check_total(stream.frames * context.width * context.height)
+        context.options = dict(codec_options)
+        context.thread_type = "SLICE"  # frame threads would hold several decoded frames at once
+        try:
+            for frame in media.decode(stream):
+                budget.take(frame.width, frame.height)
+                frames.append(_finish(frame.to_image(), size))
+        except av.error.ArgumentError:
+            # EINVAL from the decoder: a frame past max_pixels (corrupt data is InvalidDataError).
+            raise MediaError(
+                "too_many_pixels", f"a video frame is over the {limits.max_pixels}-pixel limit", 413
+            ) from None
     if not frames:
         raise MediaError("corrupt_media", "the video holds no decodable frame")
-    return DecodedMedia(np.stack(frames), "video", "mp4")
+    return frames
+
+
+def _finish(frame: Image.Image, size: int | None) -> np.ndarray:
+    """An RGB frame as uint8 [H, W, 3], resized to size×size when asked (so the full-size frame can go)."""
+    if size is not None and frame.size != (size, size):
+        frame = frame.resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(frame.convert("RGB"))
+
+
+def _stack(frames: list[np.ndarray]) -> np.ndarray:
+    sizes = {f.shape for f in frames}
+    if len(sizes) > 1:
+        shown = ", ".join(f"{w}x{h}" for h, w, _ in sorted(sizes)[:3])
+        raise MediaError("corrupt_media", f"the frames change size ({shown}); decode with a fixed size")
+    return np.stack(frames)
+
+
+def gif_layout(data: bytes, max_frames: int) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """A GIF's screen size and the canvas size each frame is decoded at, read from the block headers without
+    decoding any pixel data. A frame reaching past the screen grows the canvas (as Pillow decodes it); scanning
+    stops after `max_frames` frames or at the end of the data (the decoder reports a truncated file)."""
+    view = memoryview(data)
+    width, height = int.from_bytes(view[6:8], "little"), int.from_bytes(view[8:10], "little")
+    packed = view[10]
+    position = 13 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0)
+    canvas_w, canvas_h = width, height
+    frames: list[tuple[int, int]] = []
+    while position < len(view) and len(frames) < max_frames:
+        block = view[position]
+        if block == 0x3B:  # trailer
+            break
+        if block == 0x21:  # extension: label, then sub-blocks
+            position = _skip_sub_blocks(view, position + 2)
+        elif block == 0x2C:  # image descriptor
+            if position + 10 > len(view):
+                break
+            left, top, w, h = (int.from_bytes(view[position + i : position + i + 2], "little") for i in (1, 3, 5, 7))
+            canvas_w, canvas_h = max(canvas_w, left + w), max(canvas_h, top + h)
+            frames.append((canvas_w, canvas_h))
+            flags = view[position + 9]
+            position += 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+            position = _skip_sub_blocks(view, position + 1)  # after the LZW minimum code size
+        else:
+            raise MediaError("corrupt_media", f"the GIF file is corrupt (unknown block 0x{block:02x})")
+    return (width, height), frames
+
+
+def _skip_sub_blocks(view: memoryview, position: int) -> int:
+    while position < len(view):
+        length = view[position]
+        position += 1 + length
+        if length == 0:
+            break
+    return position
+
+
+def _label(container: str) -> str:
+    return {"mp4": "video", "matroska": "video"}.get(container, container.upper())
+
+
+def _reason(exc: Exception) -> str:
+    """The decoder's own words where they describe the file (Pillow's and FFmpeg's messages do); nothing else."""
+    if isinstance(exc, (OSError, SyntaxError, EOFError)) and not isinstance(exc, UnidentifiedImageError) and str(exc):
+        return f": {str(exc).splitlines()[0][:160]}"
+    return ""
+
+
+def encode_lossless(frames: np.ndarray) -> bytes:
+    """[F, H, W, 3] uint8 → a PNG (one frame) or APNG (several) that `decode_media` gives back bit for bit, at
+    little cost (fast deflate): how the gateway hands Triton frames it has already decoded and resized. No frame
+    durations are written: Pillow merges identical consecutive frames only to extend a duration."""
+    images = [Image.fromarray(frame) for frame in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="PNG", save_all=len(images) > 1, append_images=images[1:], compress_level=1)
+    return buffer.getvalue()
 
 
 def encode_frames(frames: np.ndarray, fmt: str, fps: int = 8) -> bytes:

@@ -131,7 +131,13 @@ def _triton_error(pb, message: str, client: bool):
 
 
 class PreprocessModel(TorchModel):
-    """Encoded media bytes → each encoder's input tensors (decode, resize, normalize, patchify)."""
+    """Encoded media bytes → each encoder's input tensors (decode, resize, normalize, patchify).
+
+    The gateway has validated the media already and sends either the client's bytes (when they were cheap to
+    decode) or its own lossless PNG/APNG of the frames at the encoders' size; either way this second decode is
+    bounded like the first (limits, every frame checked, each frame resized as it is decoded), also for a client
+    that calls Triton directly.
+    """
 
     def build(self) -> None:
         from hybrid.media import MediaLimits
@@ -142,12 +148,13 @@ class PreprocessModel(TorchModel):
         self.device = torch.device("cpu")  # decoding and patchifying are CPU work
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from hybrid.contracts import IMAGE_SIZE
         from hybrid.media import MediaError, decode_media
 
         results = []
         for row in inputs["MEDIA"]:
             try:
-                media = decode_media(row.numpy().tobytes(), self.limits)
+                media = decode_media(row.numpy().tobytes(), self.limits, size=IMAGE_SIZE)
             except MediaError as exc:
                 raise ClientError(exc.message) from None
             results.append(self.preprocessor(media.frames))

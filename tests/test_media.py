@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from hybrid.media import MediaError, MediaLimits, decode_media, encode_frames
-from tests import media_samples
+from hybrid.contracts import IMAGE_SIZE
+from hybrid.media import MediaError, MediaLimits, decode_media, encode_frames, encode_lossless, gif_layout
+from hybrid.preprocess import resize_frames
+from tests import hostile_media, media_samples
 
 LIMITS = MediaLimits(max_bytes=4 * 1024 * 1024, max_pixels=2048 * 2048, max_frames=16)
 
@@ -84,3 +87,64 @@ def test_encode_animations(fmt: str) -> None:
 def test_png_holds_one_frame() -> None:
     with pytest.raises(ValueError, match="one frame"):
         encode_frames(media_samples.frames(2), "png")
+
+
+# Bounded decoding: the hostile corpus, header-first checks, every frame checked, resizing as frames are decoded.
+
+
+@pytest.mark.parametrize("entry", hostile_media.CORPUS, ids=[h.name for h in hostile_media.CORPUS])
+def test_hostile_corpus_is_refused_by_name_or_decoded_small(entry: hostile_media.Hostile) -> None:
+    """Every file of the corpus is either refused with the status and code the gateway will answer, or decoded
+    into frames at the encoders' size; nothing raises anything but MediaError."""
+    data = entry.make()
+    if entry.status == 200:
+        media = decode_media(data, MediaLimits(), size=IMAGE_SIZE)
+        assert media.frames.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE, 3)
+        return
+    with pytest.raises(MediaError) as info:
+        decode_media(data, MediaLimits(), size=IMAGE_SIZE)
+    assert (info.value.status, info.value.code) == (entry.status, entry.code), info.value.message
+    assert not re.search(r"object at 0x", info.value.message)  # no object reprs from a decoder
+
+
+def test_gif_frames_are_checked_from_their_headers() -> None:
+    """A later GIF frame larger than the screen is refused from its descriptor, before anything is decoded, and
+    the descriptor scan stops once the frame limit is passed."""
+    screen, frames = gif_layout(hostile_media.gif_growing((8000, 8000)), max_frames=17)
+    assert screen == (16, 16) and frames == [(16, 16), (8000, 8000)]
+    _, many = gif_layout(hostile_media.gif_many_frames(1000), max_frames=17)
+    assert len(many) == 17
+
+
+def test_total_pixel_budget_counts_every_frame() -> None:
+    data = hostile_media.gif_bomb(frames=4, side=1024)  # 4 M pixels over 4 frames, 1 M each
+    assert decode_media(data, MediaLimits(max_total_pixels=4 * 1024 * 1024), size=IMAGE_SIZE).num_frames == 4
+    with pytest.raises(MediaError) as info:
+        decode_media(data, MediaLimits(max_total_pixels=3 * 1024 * 1024), size=IMAGE_SIZE)
+    assert info.value.status == 413 and "over all its frames" in info.value.message
+
+
+def test_frames_of_changing_size_need_a_size() -> None:
+    """MJPEG frames may change size: decoded at the encoders' size they stack, at their own size they are a 422
+    naming the problem (never a 500 from stacking)."""
+    data = hostile_media.mkv_mjpeg([(64, 64), (96, 80)])
+    assert decode_media(data, LIMITS, size=IMAGE_SIZE).num_frames == 2
+    with pytest.raises(MediaError, match="change size"):
+        decode_media(data, LIMITS)
+
+
+def test_resizing_while_decoding_matches_the_reference_preprocessing() -> None:
+    """Frames resized as they are decoded are the frames the reference pipeline resizes after decoding: the served
+    and in-process paths see the same pixels."""
+    for data in (media_samples.png(300, 400), media_samples.gif(3), media_samples.mp4(3)):
+        full = decode_media(data, LIMITS).frames
+        np.testing.assert_array_equal(decode_media(data, LIMITS, size=IMAGE_SIZE).frames, resize_frames(full))
+
+
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_lossless_media_round_trips_bit_for_bit(count: int) -> None:
+    frames = media_samples.frames(count, IMAGE_SIZE, IMAGE_SIZE)
+    if count == 5:
+        frames[2] = frames[3] = frames[1]  # identical consecutive frames stay separate frames
+    media = decode_media(encode_lossless(frames), LIMITS, size=IMAGE_SIZE)
+    np.testing.assert_array_equal(media.frames, frames)
