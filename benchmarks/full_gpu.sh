@@ -15,7 +15,7 @@ repo=$(mktemp -d)/model_repository
 python3 -m export.repository --profile full --profile-overrides '{"random_weights": true}' \
     --instance-kind KIND_GPU --out "$repo"
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-export HYBRID_MODEL_REPOSITORY=$repo HYBRID_PROFILE=full HYBRID_DEVICE="$gpu" HYBRID_LOG_LEVEL=warning
+export HYBRID_MODEL_REPOSITORY=$repo HYBRID_PROFILE=full HYBRID_LOG_LEVEL=warning
 export HYBRID_TRITON_START_TIMEOUT_S=480
 started=$(date +%s)
 python3 -m service >"$out/service.log" 2>&1 &

@@ -5,8 +5,9 @@
 N pairs of identical inputs: each pair sends the same image to hybrid and vlm (and spatial) back to back, in an
 order that alternates between pairs so drift and warm caches favour neither. For /reconstruct (end to end) and
 /encode (the encode_* ensembles) it reports medians, the overhead median(hybrid)/median(vlm) − 1 with a paired
-bootstrap 95% confidence interval, and the verdict against the budget. The stage breakdown comes from the
-gateway's /v1/overhead (Triton's statistics API). Writes <out>/overhead-<profile>.json, .md and .png.
+bootstrap 95% confidence interval, and the verdict against the budget (service/verdict.py: the same definition
+the gateway and the load test use). The stage breakdown and the gateway's live service-time estimate come from
+its /v1/overhead (Triton's statistics). Writes <out>/overhead-<profile>.json, .md and .png.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,7 +24,8 @@ import numpy as np
 
 from hybrid.contracts import PIPELINES
 from hybrid.media import encode_frames
-from service.overhead import STAGES
+from service.service_time import STAGES
+from service.verdict import BUDGET, judge, overhead_ratio, quantile
 
 ENDPOINTS = ("reconstruct", "encode")
 
@@ -47,9 +48,8 @@ def bootstrap_ratio_ci(hybrid: list[float], vlm: list[float], resamples: int, se
     rng = np.random.default_rng(seed)
     h, v = np.asarray(hybrid), np.asarray(vlm)
     index = rng.integers(0, len(h), size=(resamples, len(h)))
-    ratios = np.median(h[index], axis=1) / np.median(v[index], axis=1) - 1
-    low, high = np.percentile(ratios, [2.5, 97.5])
-    return float(low), float(high)
+    ratios = quantile(h[index], 0.5, axis=1) / quantile(v[index], 0.5, axis=1) - 1
+    return float(quantile(ratios, 0.025)), float(quantile(ratios, 0.975))
 
 
 def run_pairs(url: str, pairs: int, inputs: list[bytes], params: dict[str, int], warmup: int) -> dict:
@@ -80,18 +80,17 @@ def analyse(latencies: dict, budget: float, resamples: int) -> dict:
     out: dict = {}
     for endpoint in ENDPOINTS:
         data = latencies[endpoint]
-        medians = {p: statistics.median(v) for p, v in data.items()}
-        p95 = {p: float(np.percentile(v, 95)) for p, v in data.items()}
-        ratio = medians["hybrid"] / medians["vlm"] - 1
+        medians = {p: quantile(v, 0.5) for p, v in data.items()}
+        p95 = {p: quantile(v, 0.95) for p, v in data.items()}
+        ratio = overhead_ratio(medians["hybrid"], medians["vlm"])
         low, high = bootstrap_ratio_ci(data["hybrid"], data["vlm"], resamples, seed=1)
-        verdict = "within_budget" if high <= budget else ("over_budget" if low > budget else "inconclusive")
         out[endpoint] = {
             "median_s": medians,
             "p95_s": p95,
             "overhead_median": ratio,
             "overhead_ci95": [low, high],
-            "overhead_p95": p95["hybrid"] / p95["vlm"] - 1,
-            "verdict": verdict,
+            "overhead_p95": overhead_ratio(p95["hybrid"], p95["vlm"]),
+            "verdict": judge(ratio, budget, (low, high)).value,
         }
     return out
 
@@ -111,7 +110,7 @@ def chart(result: dict, path: Path) -> None:
         bottom = 0.0
         for k, stage in enumerate(STAGES):
             entry = stages[pipeline]["stages"].get(stage)
-            if not entry:
+            if not entry or entry["compute_mean_s"] is None:
                 continue
             height = (entry["compute_mean_s"] + entry["queue_mean_s"]) * 1000
             ax.bar(x, height, bottom=bottom, color=colors(k), width=0.55, label=stage if x == 0 or k > 2 else None)
@@ -181,8 +180,18 @@ def markdown(result: dict) -> str:
         cells = []
         for pipeline in PIPELINES:
             entry = result["server"]["pipelines"][pipeline]["stages"].get(stage)
-            cells.append(f"{(entry['compute_mean_s'] + entry['queue_mean_s']) * 1000:.1f}" if entry else "—")
+            known = entry and entry["compute_mean_s"] is not None
+            cells.append(f"{(entry['compute_mean_s'] + entry['queue_mean_s']) * 1000:.1f}" if known else "—")
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    live = result["server"].get("overhead", {})
+    if "encode" in live:
+        lines += ["", "The gateway's live estimate over its window (service_time: batch-1 service times from Triton's "
+                  "statistics, queueing excluded):", ""]  # fmt: skip
+        for scope, entry in live.items():
+            ci = entry["ci95"]
+            interval = f" (95% CI {ci[0]:+.1%} … {ci[1]:+.1%})" if None not in ci else ""
+            ratio = "n/a" if entry["ratio"] is None else f"{entry['ratio']:+.1%}"
+            lines.append(f"- {scope}: {ratio}{interval}, {entry['verdict']}")
     return "\n".join(lines) + "\n"
 
 
@@ -194,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=1)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--size", type=int, default=224, help="input image side in pixels")
-    parser.add_argument("--budget", type=float, default=0.25)
+    parser.add_argument("--budget", type=float, default=BUDGET)
     parser.add_argument("--resamples", type=int, default=5000)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)

@@ -28,7 +28,7 @@ import httpx
 from benchmarks.procmem import PeakMemory
 from hybrid.contracts import PIPELINES
 from hybrid.media import MediaLimits, decode_media, encode_frames
-from service.overhead import quantile
+from service.verdict import quantile
 from tests.media_samples import png
 from tests.stack import running_stack
 

@@ -7,8 +7,9 @@ Rules
 -----
 * A pipeline's numbers come from the row whose name is ``<endpoint>:<pipeline>`` (see
   :func:`loadtest.config.request_name`); Locust's ``50%``/``95%``/``99%`` columns give the percentiles.
-* ``overhead_pX = hybrid_pX / vlm_pX - 1`` for X in 50 and 95.
-* **pass** iff both overheads <= budget, every pipeline's failure ratio <= the bound and the whole run's
+* ``overhead_pX = hybrid_pX / vlm_pX - 1`` for X in 50 and 95, judged against the budget by
+  :mod:`service.verdict` (the one E-P2.6 definition the gateway and the paired benchmark use too).
+* **pass** iff both overheads are within the budget, every pipeline's failure ratio <= the bound and the whole run's
   (Locust's ``Aggregated`` row) too.  Percentiles include failed requests, so the failure bound is what keeps
   fast 429s from making an overloaded pipeline look quick.
 * **inconclusive** (exit 2, like a usage error) when hybrid or vlm has fewer than ``min_requests`` samples
@@ -20,12 +21,15 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loadtest.config import PIPELINES
+from service.verdict import Verdict as BudgetVerdict
+from service.verdict import judge, overhead_ratio
 
 PERCENTILE_COLUMNS: dict[str, str] = {"p50": "50%", "p95": "95%", "p99": "99%"}
 REQUIRED_COLUMNS: tuple[str, ...] = (
@@ -184,10 +188,9 @@ def aggregated_stats(rows: Sequence[Mapping[str, str]]) -> PipelineStats | None:
 
 
 def overhead(hybrid: float | None, vlm: float | None) -> float | None:
-    """``hybrid / vlm - 1``; ``None`` when either is missing or vlm is 0 (no meaningful ratio)."""
-    if hybrid is None or not vlm:
-        return None
-    return hybrid / vlm - 1.0
+    """``hybrid / vlm - 1`` (:func:`service.verdict.overhead_ratio`); ``None`` when there is no meaningful ratio."""
+    ratio = overhead_ratio(hybrid, vlm)
+    return None if math.isnan(ratio) else ratio
 
 
 def compute_verdict(
@@ -222,7 +225,8 @@ def compute_verdict(
 
     for key, value in ratios.items():
         if value is not None:
-            checks.append(Check(f"overhead_{key}", value <= budget, f"{value:+.1%} vs budget {budget:.0%}"))
+            ok = judge(value, budget) is BudgetVerdict.WITHIN
+            checks.append(Check(f"overhead_{key}", ok, f"{value:+.1%} vs budget {budget:.0%}"))
     counted = [(f"failures_{p}", s) for p, s in pipes.items()]
     if total is not None:
         counted.append(("failures_total", total))

@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s", exc)
             return 1
         log.info("tritonserver ready in %.1f s", time.perf_counter() - started)
-        settings = settings.model_copy(update={"triton_grpc_url": triton.grpc_url, "triton_http_url": triton.http_url})
+        metrics_url = f"http://{triton.host}:{triton.metrics_port}/metrics"
+        settings = settings.model_copy(update={"triton_grpc_url": triton.grpc_url, "triton_metrics_url": metrics_url})
     elif not settings.triton_grpc_url:
         log.error("no Triton: set HYBRID_TRITON_GRPC_URL or drop --no-embedded-triton")
         return 2

@@ -62,7 +62,6 @@ def create_app(settings: Settings | None = None, triton: TritonClient | None = N
         settings.overhead_window_s,
         settings.overhead_budget,
         settings.overhead_min_samples,
-        settings.device,
         settings.profile,
     )
     metrics.registry.register(OverheadCollector(tracker))
@@ -70,9 +69,9 @@ def create_app(settings: Settings | None = None, triton: TritonClient | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.triton = triton or TritonClient(settings.triton_grpc_url, settings.request_timeout_s)
-        tracker.start_polling(settings.triton_http_url, settings.stats_interval_s)
+        tracker.start(app.state.triton, settings.triton_metrics_url)
         yield
-        await tracker.stop_polling()
+        await tracker.stop()
         await app.state.triton.close()
 
     app = FastAPI(
@@ -121,7 +120,9 @@ def create_app(settings: Settings | None = None, triton: TritonClient | None = N
         metrics.in_flight.inc()
         since = time.perf_counter()
         try:
-            return await app.state.triton.infer(model, inputs, output)
+            result = await app.state.triton.infer(model, inputs, output)
+            metrics.observe_triton(model, time.perf_counter() - since)
+            return result
         finally:
             app.state.in_flight -= 1
             metrics.in_flight.dec()

@@ -6,13 +6,31 @@ status = the HTTP status code. Each app owns its registry, so tests can build se
 
 from __future__ import annotations
 
+import math
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from hybrid.contracts import PIPELINES
 
 ENDPOINTS = ("reconstruct", "encode")
-# From 10 ms (tiny models on a CPU) to 2 minutes (long full-size clips on a GPU).
-LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+BUCKET_STEP = 1.09  # 9%: still under 10% apart once rounded to three digits
+
+
+def latency_buckets(low: float = 0.004, high: float = 2.5, step: float = BUCKET_STEP) -> tuple[float, ...]:
+    """Bucket bounds `step` apart (under 10%) from `low` to `high`, then a coarse tail to 2 minutes.
+
+    histogram_quantile interpolates inside a bucket, so a quantile is only as sharp as the buckets around it: to
+    tell a 10% difference (well under the 25% budget) the bounds must be at most 10% apart over the range that
+    matters, ~5 ms (tiny models on a CPU) to ~2 s (the full models on a GPU, long clips). Past that, long videos
+    and timeouts only need to be counted. Bounds keep three significant digits so the `le` labels stay readable.
+    """
+    count = math.ceil(math.log(high / low) / math.log(step))
+    fine = [float(f"{low * step**i:.3g}") for i in range(count + 1)]
+    tail = [b for b in (3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0) if b > fine[-1]]
+    return tuple(dict.fromkeys(fine + tail))
+
+
+LATENCY_BUCKETS = latency_buckets()
 
 
 def pipeline_label(pipeline: str) -> str:
@@ -63,3 +81,8 @@ class GatewayMetrics:
         labels = (endpoint, pipeline_label(pipeline), str(status))
         self.requests.labels(*labels).inc()
         self.latency.labels(*labels).observe(seconds)
+
+    def observe_triton(self, ensemble: str, seconds: float) -> None:
+        """A successful call of ensemble `<endpoint>_<pipeline>` (hybrid.contracts.ensemble_name)."""
+        endpoint, _, pipeline = ensemble.partition("_")
+        self.triton_latency.labels(endpoint, pipeline_label(pipeline)).observe(seconds)

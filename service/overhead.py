@@ -1,12 +1,16 @@
-"""E-P2.6 in the gateway: how much latency `hybrid` adds over the `vlm` baseline, stage by stage.
+"""E-P2.6 in the gateway: the overhead of `hybrid` over the `vlm` baseline, live, on GET /v1/overhead and /metrics.
 
-- `LatencyWindow` keeps the latencies of successful requests per (endpoint, pipeline) over a sliding window.
-  End-to-end overhead compares /reconstruct latencies, encode-stage overhead /encode latencies (the
-  `encode_*` ensembles): overhead(q) = quantile_q(hybrid) / quantile_q(vlm) − 1, against the 25% budget.
-- `StageStats` polls Triton's statistics API (`GET /v2/models/stats`, cumulative queue and compute time per
-  model) and turns consecutive snapshots into per-request queue and compute time of each composing model. The
-  API only has sums, so p50/p95 per stage are over the per-poll-interval means, and the mean is exact.
-- `OverheadCollector` exposes both to Prometheus at scrape time; `report()` is the JSON of GET /v1/overhead.
+Two estimators, each named wherever it is shown:
+
+- `service_time` (the verdict): the pipelines' service times from Triton's statistics, queueing excluded,
+  combined along each ensemble's graph, with a 95% interval (`service/service_time.py`). It measures the pipelines,
+  whatever the traffic.
+- `request_latency` (what users feel): p50/p95 of the gateway's own latencies of successful requests per pipeline
+  over the window, and their ratio. Under uneven traffic this ratio compares queues, not pipelines, so no verdict
+  is drawn from it; it stays beside the verdict as the latency clients see.
+
+`OverheadTracker.run()` polls every Triton replica's statistics over the gateway's gRPC client and reads the device
+from Triton's metrics endpoint; `OverheadCollector` exposes everything to Prometheus at scrape time.
 """
 
 from __future__ import annotations
@@ -19,37 +23,35 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import httpx
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
+from tritonclient.utils import InferenceServerException
 
-from hybrid.contracts import ENCODE_CHAINS, PIPELINES
+from hybrid.contracts import PIPELINES
+from service.service_time import SCOPES, STAGES, ServiceTimeWindow, Snapshot, chain, parse_statistics
+from service.triton_device import UNKNOWN, Device, read_device
+from service.verdict import Verdict, combine, overhead_ratio, quantile
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = (
-    "preprocess",
-    "vlm_encoder",
-    "spatial_encoder",
-    "fusion",
-    "vlm_adapter",
-    "spatial_adapter",
-    "video_decoder",
-)
-SCOPES = {"end_to_end": "reconstruct", "encode": "encode"}  # overhead scope → the endpoint it compares
 QUANTILES = (0.5, 0.95)
+SNAPSHOT_INTERVAL_S = 1.0  # Triton statistics poll: the bootstrap's unit of resampling
+ESTIMATOR_NOTE = (
+    "service_time: per model, the mean compute (input + infer + output) of one batch-1 execution from Triton's "
+    "statistics, queueing excluded, combined along each ensemble's graph (parallel branches: the slower); overhead "
+    "= hybrid / vlm - 1 with a bootstrap 95% interval over the poll intervals; the verdict is within_budget only "
+    "when the whole interval is. request_latency: quantiles of the gateway's latencies of the requests that "
+    "arrived, queueing included: what users feel under the current traffic, not a comparison of the pipelines."
+)
 
 
-def quantile(values: list[float], q: float) -> float:
-    """Linear-interpolated quantile (numpy's default); NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    position = q * (len(ordered) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+class StatisticsSource(Protocol):
+    """What the tracker needs from the gateway's Triton client."""
+
+    async def inference_statistics(self) -> dict[str, dict]: ...
 
 
 class LatencyWindow:
@@ -77,149 +79,90 @@ class LatencyWindow:
 
 
 @dataclass(frozen=True)
-class Overhead:
-    ratios: dict[float, float]  # quantile → hybrid/vlm − 1 (NaN without enough samples)
-    samples: dict[str, int]  # pipeline → sample count
-    verdict: str  # within_budget | over_budget | insufficient_samples
+class LatencyRatio:
+    """The `request_latency` estimator in one scope: hybrid over vlm at each quantile, and the sample counts."""
+
+    ratios: dict[float, float]  # NaN with fewer than min_samples requests of either pipeline
+    samples: dict[str, int]
 
 
-def overhead(hybrid: list[float], vlm: list[float], budget: float, min_samples: int) -> Overhead:
+def latency_ratio(hybrid: list[float], vlm: list[float], min_samples: int) -> LatencyRatio:
     samples = {"hybrid": len(hybrid), "vlm": len(vlm)}
     if min(samples.values()) < min_samples:
-        return Overhead({q: math.nan for q in QUANTILES}, samples, "insufficient_samples")
-    ratios = {q: quantile(hybrid, q) / quantile(vlm, q) - 1 for q in QUANTILES}
-    verdict = "within_budget" if all(r <= budget for r in ratios.values()) else "over_budget"
-    return Overhead(ratios, samples, verdict)
+        return LatencyRatio({q: math.nan for q in QUANTILES}, samples)
+    return LatencyRatio({q: overhead_ratio(quantile(hybrid, q), quantile(vlm, q)) for q in QUANTILES}, samples)
 
 
-@dataclass(frozen=True)
-class StageSnapshot:
-    at: float
-    counts: dict[str, int]  # model → successful requests so far
-    queue_ns: dict[str, int]
-    compute_ns: dict[str, int]  # compute_input + compute_infer + compute_output
-
-
-def parse_statistics(payload: dict, at: float) -> StageSnapshot:
-    """A snapshot of the composing models' cumulative statistics (KServe v2 statistics extension)."""
-    counts, queue, compute = {}, {}, {}
-    for model in payload.get("model_stats", []):
-        name = model.get("name")
-        if name not in STAGES:
-            continue
-        stats = model.get("inference_stats", {})
-        counts[name] = counts.get(name, 0) + int(stats.get("success", {}).get("count", 0))
-        queue[name] = queue.get(name, 0) + int(stats.get("queue", {}).get("ns", 0))
-        compute[name] = compute.get(name, 0) + sum(
-            int(stats.get(k, {}).get("ns", 0)) for k in ("compute_input", "compute_infer", "compute_output")
-        )
-    return StageSnapshot(at, counts, queue, compute)
-
-
-class StageStats:
-    """Snapshots of Triton's statistics over the window, and the per-stage breakdown they imply."""
-
-    def __init__(self, window_s: float) -> None:
-        self.window_s = window_s
-        self.snapshots: deque[StageSnapshot] = deque()
-
-    def add(self, snapshot: StageSnapshot) -> None:
-        self.snapshots.append(snapshot)
-        # Keep one snapshot older than the window as the baseline of the first interval in it.
-        while len(self.snapshots) > 2 and self.snapshots[1].at < snapshot.at - self.window_s:
-            self.snapshots.popleft()
-
-    def breakdown(self) -> dict[str, dict[str, float]]:
-        """model → mean/p50/p95 queue and compute seconds per request, and the request count, over the window."""
-        result: dict[str, dict[str, float]] = {}
-        pairs = list(zip(self.snapshots, list(self.snapshots)[1:], strict=False))
-        for model in STAGES:
-            requests = 0
-            totals = {"queue": 0, "compute": 0}
-            interval_means: dict[str, list[float]] = {"queue": [], "compute": []}
-            for before, after in pairs:
-                count = after.counts.get(model, 0) - before.counts.get(model, 0)
-                if count <= 0:
-                    continue
-                requests += count
-                for phase, series in (("queue", "queue_ns"), ("compute", "compute_ns")):
-                    spent = getattr(after, series).get(model, 0) - getattr(before, series).get(model, 0)
-                    totals[phase] += spent
-                    interval_means[phase].append(spent / count / 1e9)
-            if not requests:
-                continue
-            entry: dict[str, float] = {"requests": requests}
-            for phase in ("queue", "compute"):
-                entry[f"{phase}_mean_s"] = totals[phase] / requests / 1e9
-                entry[f"{phase}_p50_s"] = quantile(interval_means[phase], 0.5)
-                entry[f"{phase}_p95_s"] = quantile(interval_means[phase], 0.95)
-            result[model] = entry
-        return result
-
-    async def poll_forever(self, url: str, interval_s: float) -> None:
-        """Fetch `url`/v2/models/stats every `interval_s` until cancelled; failures are logged, never fatal."""
-        async with httpx.AsyncClient(timeout=5) as client:
-            while True:
-                try:
-                    reply = await client.get(f"{url}/v2/models/stats")
-                    reply.raise_for_status()
-                    self.add(parse_statistics(reply.json(), time.monotonic()))
-                except (httpx.HTTPError, ValueError) as exc:
-                    log.debug("Triton statistics unavailable: %s", exc)
-                await asyncio.sleep(interval_s)
-
-
-@dataclass
 class OverheadTracker:
     """The E-P2.6 state of one gateway."""
 
-    window_s: float
-    budget: float
-    min_samples: int
-    device: str
-    profile: str
-
-    def __post_init__(self) -> None:
-        self.latencies = LatencyWindow(self.window_s)
-        self.stages = StageStats(self.window_s)
+    def __init__(self, window_s: float, budget: float, min_samples: int, profile: str) -> None:
+        self.window_s = window_s
+        self.budget = budget
+        self.min_samples = min_samples
+        self.profile = profile
+        self.device: Device = UNKNOWN
+        self.latencies = LatencyWindow(window_s)
+        self.service_times = ServiceTimeWindow(window_s, budget, min_samples)
         self._poller: asyncio.Task | None = None
 
-    def start_polling(self, triton_http_url: str, interval_s: float) -> None:
-        if triton_http_url:
-            self._poller = asyncio.create_task(self.stages.poll_forever(triton_http_url, interval_s))
+    async def snapshot(self, triton: StatisticsSource) -> None:
+        """One snapshot of every replica's statistics into the service-time window."""
+        replicas = await triton.inference_statistics()
+        self.service_times.add(Snapshot(time.monotonic(), {a: parse_statistics(s) for a, s in replicas.items()}))
 
-    async def stop_polling(self) -> None:
+    async def run(self, triton: StatisticsSource, metrics_url: str, interval_s: float = SNAPSHOT_INTERVAL_S) -> None:
+        """Poll Triton's statistics every `interval_s` (and its device until known) until cancelled. Failures are
+        logged and retried, never fatal: the gateway serves without its E-P2.6 view."""
+        while True:
+            try:
+                await self.snapshot(triton)
+            except (InferenceServerException, OSError) as exc:
+                log.debug("Triton statistics unavailable: %s", exc)
+            except Exception:
+                log.exception("Triton statistics could not be read")
+            if self.device is UNKNOWN and metrics_url:
+                try:
+                    self.device = await read_device(metrics_url)
+                except httpx.HTTPError as exc:
+                    log.debug("Triton metrics unavailable: %s", exc)
+            await asyncio.sleep(interval_s)
+
+    def start(self, triton: StatisticsSource, metrics_url: str) -> None:
+        """Run the poller in the background (from the app's lifespan)."""
+        self._poller = asyncio.create_task(self.run(triton, metrics_url))
+
+    async def stop(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+            self._poller = None
 
-    def overheads(self) -> dict[str, Overhead]:
+    def latency_ratios(self) -> dict[str, LatencyRatio]:
         return {
-            scope: overhead(
-                self.latencies.values(endpoint, "hybrid"),
-                self.latencies.values(endpoint, "vlm"),
-                self.budget,
-                self.min_samples,
+            scope: latency_ratio(
+                self.latencies.values(endpoint, "hybrid"), self.latencies.values(endpoint, "vlm"), self.min_samples
             )
             for scope, endpoint in SCOPES.items()
         }
 
-    def report(self) -> dict:
-        """The E-P2.6 table: per pipeline and per stage p50/p95, both overheads and their verdicts."""
+    def report(self) -> dict[str, Any]:
+        """GET /v1/overhead: the verdict and its estimator, the latencies users see, and the stage breakdown."""
+        estimate = self.service_times.estimate()
+        latency = self.latency_ratios()
 
-        def summary(values: list[float]) -> dict[str, float | int | None]:
+        def summary(values: list[float]) -> dict[str, Any]:
             return {"p50_s": _finite(quantile(values, 0.5)), "p95_s": _finite(quantile(values, 0.95)),
                     "samples": len(values)}  # fmt: skip
 
-        stages = self.stages.breakdown()
         pipelines = {}
         for pipeline in PIPELINES:
-            chain = [*ENCODE_CHAINS[pipeline], "video_decoder"]
             pipelines[pipeline] = {
                 "reconstruct": summary(self.latencies.values("reconstruct", pipeline)),
                 "encode": summary(self.latencies.values("encode", pipeline)),
-                "stages": {model: stages[model] for model in chain if model in stages},
+                "service_time_s": {scope: _finite(estimate.scopes[scope].service_s[pipeline]) for scope in SCOPES},
+                "stages": {m: estimate.stages[m].as_dict() for m in chain("reconstruct", pipeline)},
             }
         return {
             "experiment": "E-P2.6",
@@ -227,20 +170,24 @@ class OverheadTracker:
             "budget": self.budget,
             "window_s": self.window_s,
             "min_samples": self.min_samples,
-            "device": self.device,
+            "device": str(self.device),
+            "device_source": self.device.source,
             "profile": self.profile,
-            "overhead": {
+            "verdict": combine(s.verdict for s in estimate.scopes.values()).value,
+            "estimator": "service_time",
+            "overhead": {scope: s.as_dict() for scope, s in estimate.scopes.items()},
+            "request_latency": {
                 scope: {
-                    "p50": _finite(o.ratios[0.5]),
-                    "p95": _finite(o.ratios[0.95]),
-                    "samples": o.samples,
-                    "verdict": o.verdict,
+                    "p50": _finite(r.ratios[0.5]),
+                    "p95": _finite(r.ratios[0.95]),
+                    "samples": r.samples,
                 }
-                for scope, o in self.overheads().items()
+                for scope, r in latency.items()
             },
             "pipelines": pipelines,
-            "stages": stages,
-            "stage_note": "Triton statistics API: mean per request is exact; p50/p95 are over per-interval means.",
+            "stages": {m: s.as_dict() for m, s in estimate.stages.items()},
+            "statistics": {"intervals": estimate.intervals, "span_s": estimate.span_s},
+            "estimator_note": ESTIMATOR_NOTE,
         }
 
 
@@ -249,38 +196,90 @@ def _finite(value: float) -> float | None:
 
 
 class OverheadCollector(Collector):
-    """Prometheus view of an OverheadTracker, computed at scrape time."""
+    """Prometheus view of an OverheadTracker, computed at scrape time. A value that does not exist yet (too few
+    samples) is left out rather than exported as NaN, so PromQL sees no data instead of a number."""
 
     def __init__(self, tracker: OverheadTracker) -> None:
         self.tracker = tracker
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
+        estimate = self.tracker.service_times.estimate()
         ratio = GaugeMetricFamily(
             "hybrid_overhead_ratio",
-            "E-P2.6: hybrid latency over vlm latency minus 1, over the sliding window (NaN without enough samples).",
-            labels=["scope", "quantile"],
+            "E-P2.6: hybrid over vlm minus 1, by scope and estimator: service_time (mean service time from Triton's "
+            "statistics, queueing excluded; the verdict) or request_latency (p50/p95 of gateway latencies under the "
+            "current traffic).",
+            labels=["scope", "estimator", "statistic"],
+        )
+        low = GaugeMetricFamily(
+            "hybrid_overhead_ci95_lower_ratio",
+            "Lower end of the 95% interval of the overhead, by scope and estimator.",
+            labels=["scope", "estimator"],
+        )
+        high = GaugeMetricFamily(
+            "hybrid_overhead_ci95_upper_ratio",
+            "Upper end of the 95% interval of the overhead, by scope and estimator.",
+            labels=["scope", "estimator"],
+        )
+        verdict = GaugeMetricFamily(
+            "hybrid_overhead_verdict",
+            "E-P2.6 verdict by scope and estimator: 1 for the current state, 0 for the others.",
+            labels=["scope", "estimator", "verdict"],
         )
         samples = GaugeMetricFamily(
             "hybrid_overhead_samples",
-            "Successful requests in the overhead window, by scope and pipeline.",
+            "What each estimate rests on, by scope, estimator and pipeline: successful requests (request_latency) or "
+            "the fewest batch-1 executions of a model in the pipeline's chain (service_time).",
+            labels=["scope", "estimator", "pipeline"],
+        )
+        pipeline_time = GaugeMetricFamily(
+            "hybrid_pipeline_service_seconds",
+            "Service time of each pipeline, by scope: batch-1 model service times along the ensemble's graph.",
             labels=["scope", "pipeline"],
         )
-        for scope, result in self.tracker.overheads().items():
-            for q, value in result.ratios.items():
-                ratio.add_metric([scope, str(q)], value)
-            for pipeline, count in result.samples.items():
-                samples.add_metric([scope, pipeline], count)
-        yield ratio
-        yield samples
+        for scope, result in estimate.scopes.items():
+            _add(ratio, [scope, "service_time", "mean"], result.ratio)
+            _add(low, [scope, "service_time"], result.ci95[0])
+            _add(high, [scope, "service_time"], result.ci95[1])
+            for state in Verdict:
+                verdict.add_metric([scope, "service_time", state.value], float(state is result.verdict))
+            for pipeline in ("hybrid", "vlm"):
+                samples.add_metric([scope, "service_time", pipeline], result.executions[pipeline])
+            for pipeline, seconds in result.service_s.items():
+                _add(pipeline_time, [scope, pipeline], seconds)
+        for scope, latency in self.tracker.latency_ratios().items():
+            for q, value in latency.ratios.items():
+                _add(ratio, [scope, "request_latency", f"p{round(q * 100)}"], value)
+            for pipeline, count in latency.samples.items():
+                samples.add_metric([scope, "request_latency", pipeline], count)
+        yield from (ratio, low, high, verdict, samples, pipeline_time)
         yield GaugeMetricFamily(
             "hybrid_overhead_budget_ratio", "E-P2.6 budget: the largest acceptable overhead.", value=self.tracker.budget
         )
-        stage = GaugeMetricFamily(
-            "hybrid_stage_duration_seconds",
-            "Mean queue or compute time per request of each composing Triton model over the window.",
-            labels=["model", "phase"],
+        stage_time = GaugeMetricFamily(
+            "hybrid_stage_service_seconds",
+            "Mean compute time of one batch-1 execution of each composing model over the window (queue excluded).",
+            labels=["model"],
         )
-        for model, entry in self.tracker.stages.breakdown().items():
-            for phase in ("queue", "compute"):
-                stage.add_metric([model, phase], entry[f"{phase}_mean_s"])
-        yield stage
+        executions = GaugeMetricFamily(
+            "hybrid_stage_service_executions",
+            "Batch-1 executions of each composing model in the window: the samples behind its service time.",
+            labels=["model"],
+        )
+        for model in STAGES:
+            stage = estimate.stages[model]
+            _add(stage_time, [model], stage.service_s)
+            executions.add_metric([model], stage.executions)
+        yield stage_time
+        yield executions
+        device = self.tracker.device
+        yield InfoMetricFamily(
+            "hybrid_triton_device",
+            "The device Triton runs the models on, as Triton's metrics endpoint reports it.",
+            value={"kind": device.kind, "gpus": ",".join(device.gpus)},
+        )
+
+
+def _add(family: GaugeMetricFamily, labels: list[str], value: float) -> None:
+    if not math.isnan(value):
+        family.add_metric(labels, value)

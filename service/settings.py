@@ -12,6 +12,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hybrid.media import MediaLimits
+from service.verdict import BUDGET
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,7 +26,8 @@ class Settings(BaseSettings):
     # Triton. Empty URLs + embedded_triton: the gateway starts tritonserver itself on the ports below.
     embedded_triton: bool = True
     triton_grpc_url: str = ""  # host:port of an external Triton's gRPC endpoint
-    triton_http_url: str = ""  # http://host:port of its HTTP endpoint (statistics API)
+    # Its Prometheus endpoint (http://host:8002/metrics): the gateway reads the device Triton runs on from it.
+    triton_metrics_url: str = ""
     model_repository: Path = PROJECT_ROOT / "model_repository"
     embedded_http_port: int = 8000
     embedded_grpc_port: int = 8001
@@ -44,12 +46,10 @@ class Settings(BaseSettings):
     max_output_frames: int = Field(33, ge=1)
     max_steps: int = Field(50, ge=1)
 
-    # E-P2.6: the overhead of hybrid over vlm, over a sliding window of successful requests.
-    overhead_budget: float = Field(0.25, gt=0)
+    # E-P2.6: the overhead of hybrid over vlm, over a sliding window of Triton statistics and gateway latencies.
+    overhead_budget: float = Field(BUDGET, gt=0)
     overhead_window_s: float = Field(300.0, gt=0)
     overhead_min_samples: int = Field(5, ge=1)
-    stats_interval_s: float = Field(2.0, gt=0)  # how often Triton's statistics API is polled for stage times
-    device: str = "cpu"  # reported with every figure: what Triton runs on (e.g. "NVIDIA H100 80GB")
 
     log_level: str = "info"
 

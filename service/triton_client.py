@@ -40,6 +40,10 @@ class TritonClient:
             raise map_triton_error(exc) from None
         return result.as_numpy(output)
 
+    async def inference_statistics(self) -> dict[str, dict]:
+        """The server's cumulative statistics (KServe v2 statistics extension, as JSON), keyed by its address."""
+        return {self.url: await self._client.get_inference_statistics(as_json=True, client_timeout=5)}
+
     async def readiness(self) -> dict[str, bool]:
         """Server readiness and each ensemble's; raises ApiError(503) when Triton cannot be reached."""
         try:

@@ -1,22 +1,262 @@
-"""E-P2.6 arithmetic: windows, quantiles, overhead verdicts and the stage breakdown from Triton statistics."""
+"""E-P2.6 arithmetic: the one verdict, the service-time estimator over Triton statistics, the latency window, the
+device read from Triton's metrics, and what /metrics exports."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
-from service.overhead import LatencyWindow, OverheadTracker, StageStats, overhead, parse_statistics, quantile
+from service.metrics import LATENCY_BUCKETS, GatewayMetrics
+from service.overhead import LatencyWindow, OverheadCollector, OverheadTracker, latency_ratio
+from service.service_time import (
+    DECODER,
+    STAGES,
+    ServiceTimeWindow,
+    Snapshot,
+    chain,
+    critical_path,
+    interval_delta,
+    parse_statistics,
+)
+from service.triton_device import parse_device
+from service.verdict import Verdict, combine, judge, overhead_ratio, quantile
+
+MS = 1_000_000  # ns
 
 
-def test_quantile_matches_linear_interpolation() -> None:
-    assert quantile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+# --- the one definition -------------------------------------------------------------------------------------
+
+
+def test_quantile_is_numpy_linear() -> None:
+    values = [3.0, 1.0, 4.0, 1.5, 9.0, 2.6]
+    for q in (0.05, 0.5, 0.95):
+        assert quantile(values, q) == pytest.approx(float(np.quantile(values, q, method="linear")))
     assert quantile([5.0], 0.95) == 5.0
     assert math.isnan(quantile([], 0.5))
-    assert quantile(list(map(float, range(101))), 0.95) == pytest.approx(95.0)
+    rows = np.array([[1.0, 2.0, 3.0], [10.0, 20.0, 30.0]])
+    assert list(quantile(rows, 0.5, axis=1)) == [2.0, 20.0]
 
 
-def test_window_forgets_old_samples() -> None:
+def test_overhead_ratio_has_no_meaning_without_a_positive_baseline() -> None:
+    assert overhead_ratio(1.2, 1.0) == pytest.approx(0.2)
+    for hybrid, vlm in ((1.0, 0.0), (1.0, None), (None, 1.0), (math.nan, 1.0), (1.0, -1.0)):
+        assert math.isnan(overhead_ratio(hybrid, vlm))
+
+
+@pytest.mark.parametrize(
+    ("ratio", "interval", "verdict"),
+    [
+        (0.10, None, Verdict.WITHIN),
+        (0.30, None, Verdict.OVER),
+        (0.10, (0.05, 0.20), Verdict.WITHIN),
+        (0.10, (-0.05, 0.30), Verdict.INCONCLUSIVE),  # the point is fine, the interval reaches past the budget
+        (0.40, (0.30, 0.50), Verdict.OVER),
+        (0.26, (0.24, 0.28), Verdict.INCONCLUSIVE),
+        (math.nan, None, Verdict.INSUFFICIENT),
+        (0.10, (math.nan, math.nan), Verdict.INSUFFICIENT),
+    ],
+)
+def test_judge(ratio: float, interval: tuple[float, float] | None, verdict: Verdict) -> None:
+    assert judge(ratio, 0.25, interval) is verdict
+
+
+def test_combine_is_the_worst_of_its_parts() -> None:
+    assert combine([Verdict.WITHIN, Verdict.WITHIN]) is Verdict.WITHIN
+    assert combine([Verdict.WITHIN, Verdict.INCONCLUSIVE]) is Verdict.INCONCLUSIVE
+    assert combine([Verdict.INCONCLUSIVE, Verdict.INSUFFICIENT]) is Verdict.INSUFFICIENT
+    assert combine([Verdict.INSUFFICIENT, Verdict.OVER, Verdict.WITHIN]) is Verdict.OVER
+    assert combine([]) is Verdict.INSUFFICIENT
+
+
+# --- the model graph ----------------------------------------------------------------------------------------
+
+
+def test_stages_and_chains_come_from_the_contracts() -> None:
+    assert set(STAGES) == {"preprocess", "vlm_encoder", "spatial_encoder", "fusion", "vlm_adapter",
+                           "spatial_adapter", "video_decoder"}  # fmt: skip
+    assert DECODER == "video_decoder"
+    assert chain("encode", "vlm") == ("preprocess", "vlm_encoder", "vlm_adapter")
+    assert chain("reconstruct", "hybrid")[-1] == "video_decoder"
+
+
+def test_critical_path_runs_the_encoder_branches_concurrently() -> None:
+    times = {"preprocess": 1.0, "vlm_encoder": 10.0, "spatial_encoder": 4.0, "fusion": 2.0, "vlm_adapter": 3.0,
+             "spatial_adapter": 0.5, "video_decoder": 100.0}  # fmt: skip
+    assert critical_path(chain("encode", "hybrid"), times) == 1 + max(10, 4) + 2
+    assert critical_path(chain("encode", "vlm"), times) == 1 + 10 + 3
+    assert critical_path(chain("encode", "spatial"), times) == 1 + 4 + 0.5
+    assert critical_path(chain("reconstruct", "hybrid"), times) == 1 + 10 + 2 + 100
+    times["spatial_encoder"] = 12.0  # now DINOv2 is the slower branch
+    assert critical_path(chain("encode", "hybrid"), times) == 1 + 12 + 2
+    draws = {m: np.array([t, 2 * t]) for m, t in times.items()}
+    assert list(critical_path(chain("encode", "hybrid"), draws)) == [15.0, 30.0]
+
+
+# --- Triton statistics ----------------------------------------------------------------------------------------
+
+
+def _model(name: str, batch1: tuple[int, float] = (0, 0.0), batched: tuple[int, int, float] = (0, 2, 0.0),
+           queue_ms: float = 0.0) -> dict:  # fmt: skip
+    """One model's entry as tritonclient's get_inference_statistics(as_json=True) gives it: int64 as strings,
+    `batch1` = (executions, ms each), `batched` = (executions, batch size, ms each)."""
+    executions, ms = batch1
+    big, size, big_ms = batched
+    requests = executions + big * size
+    compute_ns = executions * ms * MS + big * size * big_ms * MS  # a batched request counts its whole execution
+    single = {"count": str(executions), "ns": str(int(executions * ms * MS))}
+    batch_stats = [{"batch_size": "1", "compute_infer": single}]
+    if big:
+        batch_stats.append(
+            {"batch_size": str(size), "compute_infer": {"count": str(big), "ns": str(int(big * big_ms * MS))}}
+        )
+    return {
+        "name": name,
+        "version": "1",
+        "inference_count": str(requests),
+        "execution_count": str(executions + big),
+        "inference_stats": {
+            "success": {"count": str(requests), "ns": str(int(compute_ns + requests * queue_ms * MS))},
+            "fail": {},
+            "queue": {"count": str(requests), "ns": str(int(requests * queue_ms * MS))},
+            "compute_infer": {"count": str(requests), "ns": str(int(compute_ns))},
+        },
+        "batch_stats": batch_stats,
+    }
+
+
+def test_parse_statistics_keeps_batch_one_service_time_apart() -> None:
+    payload = {
+        "model_stats": [
+            _model("fusion", batch1=(4, 10.0), batched=(2, 4, 25.0), queue_ms=7.0),
+            {"name": "encode_hybrid", "inference_stats": {"success": {"count": "9"}}},  # ensembles are not stages
+            {
+                "name": "fusion",
+                "version": "2",
+                "inference_count": "1",
+                "execution_count": "1",
+                "batch_stats": [
+                    {
+                        "batch_size": "1",
+                        "compute_input": {"count": "1", "ns": "1000000"},
+                        "compute_infer": {"count": "1", "ns": "9000000"},
+                    }
+                ],
+            },  # fmt: skip
+        ]
+    }
+    counters = parse_statistics(payload)
+    assert set(counters) == {"fusion"}
+    fusion = counters["fusion"]
+    assert fusion.executions == 5 and fusion.service_ns == 4 * 10 * MS + 10 * MS  # both versions, input + infer
+    assert fusion.requests == 12 and fusion.queue_ns == 12 * 7 * MS
+    assert fusion.inferences == 13 and fusion.batches == 7
+
+
+def _snapshot(at: float, **replicas: list[dict]) -> Snapshot:
+    return Snapshot(at, {name: parse_statistics({"model_stats": models}) for name, models in replicas.items()})
+
+
+def test_interval_delta_sums_replicas_and_skips_restarts() -> None:
+    before = _snapshot(0, a=[_model("fusion", batch1=(10, 5.0))], b=[_model("fusion", batch1=(50, 5.0))])
+    after = _snapshot(
+        1,
+        a=[_model("fusion", batch1=(13, 5.0))],
+        b=[_model("fusion", batch1=(2, 5.0))],  # restarted: counters back near zero
+        c=[_model("fusion", batch1=(7, 5.0))],  # new: this is its baseline
+    )
+    delta = interval_delta(before, after)
+    assert delta["fusion"].executions == 3 and delta["fusion"].service_ns == 15 * MS
+
+
+# Batch-1 service times (ms) of a pipeline stack where hybrid encode = 2 + max(10, 6) + 3 = 15 and vlm encode =
+# 2 + 10 + 1 = 13: the encode overhead is 15/13 − 1 = +15.4%; with a 40 ms decoder, end to end 55/53 − 1 = +3.8%.
+SERVICE_MS = {"preprocess": 2.0, "vlm_encoder": 10.0, "spatial_encoder": 6.0, "fusion": 3.0, "vlm_adapter": 1.0,
+              "spatial_adapter": 1.0, "video_decoder": 40.0}  # fmt: skip
+
+
+def _traffic(window: ServiceTimeWindow, seconds: int, hybrid_per_s: int, vlm_every_s: int, queue_ms: float,
+             batched: int, jitter: float = 0.0, seed: int = 0) -> None:  # fmt: skip
+    """Feed `window` one snapshot a second of a stack serving `hybrid_per_s` hybrid requests (of which `batched`
+    run in batches of 2 at 1.6× the batch-1 time) and one vlm request every `vlm_every_s` seconds."""
+    rng = np.random.default_rng(seed)
+    totals: dict[str, list[float]] = {m: [0, 0.0, 0, 0.0] for m in STAGES}  # b1 count, b1 ms, b2 count, b2 ms
+
+    def run(model: str, single: int, pairs: int) -> None:
+        for _ in range(single):
+            totals[model][0] += 1
+            totals[model][1] += SERVICE_MS[model] * (1 + jitter * rng.standard_normal())
+        totals[model][2] += pairs
+        totals[model][3] += pairs * SERVICE_MS[model] * 1.6
+
+    for second in range(seconds + 1):
+        if second:
+            for model in ("preprocess", "vlm_encoder", "spatial_encoder", "fusion", "video_decoder"):
+                run(model, hybrid_per_s - batched, batched // 2)
+            if second % vlm_every_s == 0:
+                for model in ("preprocess", "vlm_encoder", "vlm_adapter", "video_decoder"):
+                    run(model, 1, 0)
+        models = []
+        for model, (b1, b1_ms, b2, b2_ms) in totals.items():
+            entry = _model(model, batch1=(int(b1), b1_ms / b1 if b1 else 0.0),
+                           batched=(int(b2), 2, b2_ms / b2 if b2 else 0.0), queue_ms=queue_ms)  # fmt: skip
+            models.append(entry)
+        window.add(_snapshot(float(second), replica=models))
+
+
+def test_service_time_measures_the_pipelines_not_the_traffic() -> None:
+    """Heavy queued hybrid traffic with batching and a trickle of vlm requests, or an idle stack with a balanced
+    mix: the same pipelines give the same overhead, exactly the batch-1 service times' ratio."""
+    loaded = ServiceTimeWindow(window_s=60, budget=0.25, min_samples=5)
+    _traffic(loaded, seconds=30, hybrid_per_s=12, vlm_every_s=3, queue_ms=80.0, batched=6)
+    idle = ServiceTimeWindow(window_s=60, budget=0.25, min_samples=5)
+    _traffic(idle, seconds=30, hybrid_per_s=1, vlm_every_s=1, queue_ms=0.0, batched=0)
+    for window in (loaded, idle):
+        estimate = window.estimate(now=30)
+        assert estimate.scopes["encode"].ratio == pytest.approx(15 / 13 - 1)
+        assert estimate.scopes["end_to_end"].ratio == pytest.approx(55 / 53 - 1)
+        assert estimate.scopes["encode"].service_s["hybrid"] == pytest.approx(0.015)
+        for scope in estimate.scopes.values():
+            assert scope.verdict is Verdict.WITHIN and scope.reasons == []
+            assert scope.ci95[0] == pytest.approx(scope.ratio) == pytest.approx(scope.ci95[1])  # no noise here
+    stages = loaded.estimate(now=30).stages
+    assert stages["fusion"].executions == 30 * 6 and stages["vlm_adapter"].executions == 10
+    assert stages["fusion"].queue_mean_s == pytest.approx(0.080) and stages["fusion"].mean_batch > 1
+
+
+def test_noise_gives_an_interval_around_the_estimate() -> None:
+    window = ServiceTimeWindow(window_s=60, budget=0.25, min_samples=5)
+    _traffic(window, seconds=40, hybrid_per_s=4, vlm_every_s=2, queue_ms=5.0, batched=0, jitter=0.3)
+    scope = window.estimate(now=40).scopes["encode"]
+    low, high = scope.ci95
+    assert low < scope.ratio < high and high - low > 0.01
+    assert abs(scope.ratio - (15 / 13 - 1)) < high - low  # the truth is within reach of the interval
+    assert window.estimate(now=40) is window.estimate(now=40)  # cached until the next snapshot
+
+
+def test_too_few_vlm_executions_is_insufficient_and_says_which() -> None:
+    window = ServiceTimeWindow(window_s=60, budget=0.25, min_samples=5)
+    _traffic(window, seconds=8, hybrid_per_s=4, vlm_every_s=4, queue_ms=0.0, batched=0)  # 2 vlm requests
+    scope = window.estimate(now=8).scopes["encode"]
+    assert scope.verdict is Verdict.INSUFFICIENT and math.isnan(scope.ratio)
+    assert any(reason.startswith("vlm_adapter: 2 batch-1 executions") for reason in scope.reasons)
+
+
+def test_window_slides() -> None:
+    window = ServiceTimeWindow(window_s=10, budget=0.25, min_samples=5)
+    _traffic(window, seconds=40, hybrid_per_s=2, vlm_every_s=1, queue_ms=0.0, batched=0)
+    assert window.snapshots[0].at < 40 - 10 <= window.snapshots[1].at
+    assert window.estimate(now=40).stages["vlm_adapter"].executions == 10
+    assert window.estimate(now=100).stages["vlm_adapter"].executions == 0  # nothing polled for a minute
+
+
+# --- latency window, device -----------------------------------------------------------------------------------
+
+
+def test_latency_window_forgets_old_samples() -> None:
     window = LatencyWindow(window_s=10)
     window.add("reconstruct", "hybrid", 1.0, now=0)
     window.add("reconstruct", "hybrid", 2.0, now=8)
@@ -25,72 +265,85 @@ def test_window_forgets_old_samples() -> None:
     assert window.values("encode", "hybrid", now=15) == []
 
 
-@pytest.mark.parametrize(
-    ("hybrid", "vlm", "verdict"),
-    [
-        ([1.1] * 10, [1.0] * 10, "within_budget"),
-        ([1.3] * 10, [1.0] * 10, "over_budget"),
-        ([1.0] * 9 + [5.0], [1.0] * 10, "over_budget"),  # p50 fine, p95 far over
-        ([1.0] * 3, [1.0] * 10, "insufficient_samples"),
-    ],
-)
-def test_overhead_verdicts(hybrid: list[float], vlm: list[float], verdict: str) -> None:
-    result = overhead(hybrid, vlm, budget=0.25, min_samples=5)
-    assert result.verdict == verdict
-    assert result.samples == {"hybrid": len(hybrid), "vlm": len(vlm)}
-    if verdict != "insufficient_samples":
-        assert result.ratios[0.5] == pytest.approx(quantile(hybrid, 0.5) / quantile(vlm, 0.5) - 1)
+def test_latency_ratio() -> None:
+    result = latency_ratio([1.1] * 10, [1.0] * 10, min_samples=5)
+    assert result.ratios[0.5] == pytest.approx(0.1) and result.samples == {"hybrid": 10, "vlm": 10}
+    assert all(math.isnan(r) for r in latency_ratio([1.0] * 3, [1.0] * 10, min_samples=5).ratios.values())
 
 
-def _stats(count: int, queue_ms: float, compute_ms: float) -> dict:
-    ns = 1_000_000
-    return {
-        "model_stats": [
-            {
-                "name": "vlm_encoder",
-                "inference_stats": {
-                    "success": {"count": count},
-                    "queue": {"ns": int(queue_ms * ns)},
-                    "compute_input": {"ns": 0},
-                    "compute_infer": {"ns": int(compute_ms * ns)},
-                    "compute_output": {"ns": 0},
-                },
-            },
-            {"name": "reconstruct_hybrid", "inference_stats": {"success": {"count": count}}},
-        ]
-    }
+def test_device_from_triton_metrics() -> None:
+    gpu_text = (
+        "# HELP nv_gpu_utilization GPU utilization rate [0.0 - 1.0)\n# TYPE nv_gpu_utilization gauge\n"
+        'nv_gpu_utilization{gpu_uuid="GPU-0c1d"} 0.5\nnv_gpu_utilization{gpu_uuid="GPU-77aa"} 0\n'
+        'nv_gpu_memory_used_bytes{gpu_uuid="GPU-0c1d"} 3.2e+10\nnv_cpu_utilization 0.1\n'
+    )
+    device = parse_device(gpu_text, "test")
+    assert device.kind == "gpu" and device.gpus == ("GPU-0c1d", "GPU-77aa")
+    assert str(device) == "gpu (GPU-0c1d, GPU-77aa)"
+    cpu = parse_device('nv_cpu_utilization 0.2\nnv_inference_count{model="fusion",version="1"} 3\n', "test")
+    assert cpu.kind == "cpu" and cpu.gpus == () and str(cpu) == "cpu"
 
 
-def test_stage_breakdown_from_statistics_deltas() -> None:
-    stages = StageStats(window_s=100)
-    stages.add(parse_statistics(_stats(10, 10, 100), at=0))  # history before the window's first interval
-    stages.add(parse_statistics(_stats(12, 12, 120), at=2))  # 2 requests: 1 ms queue, 10 ms compute each
-    stages.add(parse_statistics(_stats(16, 20, 200), at=4))  # 4 requests: 2 ms queue, 20 ms compute each
-    stages.add(parse_statistics(_stats(16, 20, 200), at=6))  # idle interval: ignored
-    entry = stages.breakdown()["vlm_encoder"]
-    assert entry["requests"] == 6
-    assert entry["compute_mean_s"] == pytest.approx((20 + 80) / 6 / 1000)
-    assert entry["queue_mean_s"] == pytest.approx(10 / 6 / 1000)
-    assert entry["compute_p50_s"] == pytest.approx(0.015)
-    assert "reconstruct_hybrid" not in stages.breakdown()  # ensembles are not stages
+# --- what /v1/overhead and /metrics show --------------------------------------------------------------------------
 
 
-def test_stage_window_keeps_one_baseline() -> None:
-    stages = StageStats(window_s=5)
-    for t in range(0, 20, 2):
-        stages.add(parse_statistics(_stats(t, t, t), at=t))
-    assert stages.snapshots[0].at < 18 - 5 <= stages.snapshots[1].at
-
-
-def test_report_shape() -> None:
-    tracker = OverheadTracker(window_s=60, budget=0.25, min_samples=2, device="cpu", profile="tiny")
-    for seconds in (1.0, 1.1, 1.2):
-        tracker.latencies.add("reconstruct", "hybrid", seconds * 1.1)
+def _tracker_with_traffic() -> OverheadTracker:
+    tracker = OverheadTracker(window_s=1e9, budget=0.25, min_samples=5, profile="tiny")
+    _traffic(tracker.service_times, seconds=20, hybrid_per_s=4, vlm_every_s=2, queue_ms=30.0, batched=2, jitter=0.1)
+    for seconds in (1.0, 1.1, 1.2, 1.3, 1.4):
+        tracker.latencies.add("reconstruct", "hybrid", seconds * 1.5)
         tracker.latencies.add("reconstruct", "vlm", seconds)
-    report = tracker.report()
-    assert report["budget"] == 0.25 and report["profile"] == "tiny" and report["device"] == "cpu"
-    assert report["overhead"]["end_to_end"]["verdict"] == "within_budget"
-    assert report["overhead"]["end_to_end"]["p50"] == pytest.approx(0.1)
-    assert report["overhead"]["encode"]["verdict"] == "insufficient_samples"
-    assert report["overhead"]["encode"]["p50"] is None
-    assert report["pipelines"]["vlm"]["reconstruct"]["samples"] == 3
+    return tracker
+
+
+def test_report_names_its_estimator_and_keeps_user_latency_beside_it() -> None:
+    report = _tracker_with_traffic().report()
+    assert report["budget"] == 0.25 and report["profile"] == "tiny" and report["device"] == "unknown"
+    assert report["estimator"] == "service_time" and report["verdict"] == "within_budget"
+    encode = report["overhead"]["encode"]
+    assert encode["verdict"] == "within_budget" and encode["ci95"][0] <= encode["ratio"] <= encode["ci95"][1]
+    assert encode["executions"] == {"hybrid": 40, "vlm": 10, "spatial": 0}  # 2 of 4 hybrid requests a second batched
+    # Queued hybrid requests read +50% to users; the verdict does not follow the queue.
+    assert report["request_latency"]["end_to_end"]["p50"] == pytest.approx(0.5)
+    assert report["request_latency"]["encode"]["p50"] is None
+    assert set(report["pipelines"]["vlm"]["stages"]) == {"preprocess", "vlm_encoder", "vlm_adapter", "video_decoder"}
+    assert report["pipelines"]["spatial"]["service_time_s"]["encode"] is None  # no spatial traffic: no number
+    assert report["stages"]["spatial_adapter"]["service_s"] is None
+
+
+def test_collector_exports_no_nan_and_one_verdict_per_scope() -> None:
+    registry = CollectorRegistry()
+    registry.register(OverheadCollector(_tracker_with_traffic()))
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    for family in families.values():
+        for sample in family.samples:
+            assert not math.isnan(sample.value), sample
+    ratios = {(s.labels["scope"], s.labels["estimator"], s.labels["statistic"]) for s in
+              families["hybrid_overhead_ratio"].samples}  # fmt: skip
+    assert ratios == {("encode", "service_time", "mean"), ("end_to_end", "service_time", "mean"),
+                      ("end_to_end", "request_latency", "p50"), ("end_to_end", "request_latency", "p95")}  # fmt: skip
+    states = [s for s in families["hybrid_overhead_verdict"].samples if s.value == 1]
+    assert sorted((s.labels["scope"], s.labels["verdict"]) for s in states) == [
+        ("encode", "within_budget"),
+        ("end_to_end", "within_budget"),
+    ]
+    assert {s.labels["model"] for s in families["hybrid_stage_service_seconds"].samples} == set(STAGES) - {
+        "spatial_adapter"
+    }
+    assert families["hybrid_triton_device_info"].samples[0].labels["kind"] == "unknown"
+
+
+def test_latency_buckets_resolve_ten_percent_from_5_ms_to_2_s() -> None:
+    bounds = [b for b in LATENCY_BUCKETS if 0.004 <= b <= 2.5]
+    assert bounds[0] <= 0.005 and bounds[-1] >= 2.0
+    assert max(high / low for low, high in zip(bounds, bounds[1:], strict=False)) <= 1.1
+    assert LATENCY_BUCKETS[-1] >= 120 and list(LATENCY_BUCKETS) == sorted(set(LATENCY_BUCKETS))
+
+
+def test_triton_time_is_observed_per_ensemble() -> None:
+    metrics = GatewayMetrics()
+    metrics.observe_triton("encode_hybrid", 0.02)
+    metrics.observe_triton("reconstruct_vlm", 0.5)
+    count = metrics.registry.get_sample_value
+    assert count("hybrid_gateway_triton_duration_seconds_count", {"endpoint": "encode", "pipeline": "hybrid"}) == 1
+    assert count("hybrid_gateway_triton_duration_seconds_sum", {"endpoint": "reconstruct", "pipeline": "vlm"}) == 0.5

@@ -1,0 +1,288 @@
+"""E-P2.6 live: the pipelines' service times from Triton's statistics, so the verdict measures the pipelines and
+not the traffic.
+
+Comparing raw latencies of the requests that happened to arrive compares their queues: after hybrid-only load,
+queued hybrid requests against a few idle vlm ones read as +96% on an H200 while the paired benchmark said +3%.
+This estimator compares what each pipeline costs to run instead:
+
+- **Per model**, the mean compute time (compute_input + compute_infer + compute_output) of one execution at
+  **batch size 1**, from Triton's per-batch-size statistics (`batch_stats`). Queueing is excluded. Batch 1 because
+  it is the service time of one request alone, the condition E-P2.6 (and the paired benchmark) asks about: a
+  batched execution's time is not one request's service time (it includes the other requests' work) and its
+  per-request share (÷ batch size) is a throughput figure that rewards batching; either would make the overhead
+  depend on how the traffic happened to batch. Other batch sizes still appear in the per-request view
+  (`queue_mean_s`, `compute_mean_s`, `mean_batch`).
+- **Per pipeline**, those times combined along the ensemble's graph, derived from the tensor contracts: a model
+  starts when the models producing its inputs finish (Triton runs ready steps concurrently), so hybrid encode =
+  preprocess + max(vlm_encoder, spatial_encoder) + fusion, vlm encode = preprocess + vlm_encoder + vlm_adapter, and
+  reconstruct adds the decoder. The max of mean times is a lower bound of the mean of the max; it is exact when
+  one branch dominates (Qwen2.5-VL against DINOv2 on a GPU).
+- **Over a sliding window** of counter deltas between snapshots (one per replica per poll, summed over replicas;
+  a replica whose counters went backwards restarted and its interval is skipped).
+- **Uncertainty**: a bootstrap over the poll intervals, per model (each model's batch-1 executions of an interval
+  resampled as a block), percentile 95% interval of the overhead. Models are resampled independently.
+- Fixed per-request costs outside the models (HTTP, media decoding, gRPC, the ensemble's hand-offs) are in
+  neither pipeline's figure: the overhead is relative to the models' own work.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import reduce
+from typing import Any, TypeVar
+
+import numpy as np
+
+from hybrid.contracts import CONDITIONING, ENCODE_CHAINS, PIPELINES, model_specs
+from service.verdict import Verdict, judge, overhead_ratio, quantile
+
+# Names and edges of the model graph do not depend on the encoders' widths.
+SPECS = model_specs(vlm_dim=0, spatial_dim=0)
+STAGES: tuple[str, ...] = tuple(SPECS)
+DECODER: str = next(name for name, spec in SPECS.items() if CONDITIONING in {t.name for t in spec.inputs})
+SCOPES: dict[str, str] = {"end_to_end": "reconstruct", "encode": "encode"}  # overhead scope → the ensemble kind
+COMPUTE_PHASES = ("compute_input", "compute_infer", "compute_output")
+BOOTSTRAP_RESAMPLES = 2000
+MIN_INTERVALS = 2  # a bootstrap over one interval has no spread: no interval, no verdict
+
+
+def chain(kind: str, pipeline: str) -> tuple[str, ...]:
+    """The composing models of ensemble `<kind>_<pipeline>`, in order."""
+    return ENCODE_CHAINS[pipeline] + ((DECODER,) if kind == "reconstruct" else ())
+
+
+T = TypeVar("T", float, np.ndarray)
+
+
+def critical_path(models: Sequence[str], times: Mapping[str, T]) -> T:
+    """The time of the ensemble chaining `models` (in a topological order) when each takes `times[model]`: the
+    longest path through the graph the tensor names draw. Works on floats and on arrays of bootstrap draws."""
+    producer: dict[str, str] = {}
+    finish: dict[str, T] = {}
+    for model in models:
+        spec = SPECS[model]
+        before = [finish[producer[t.name]] for t in spec.inputs if t.name in producer]
+        finish[model] = reduce(np.maximum, before) + times[model] if before else times[model]
+        for tensor in spec.outputs:
+            producer[tensor.name] = model
+    return reduce(np.maximum, finish.values())
+
+
+@dataclass(frozen=True)
+class ModelCounters:
+    """One model's cumulative counters (or their change over an interval)."""
+
+    executions: int = 0  # executions at batch size 1
+    service_ns: int = 0  # their compute time
+    requests: int = 0  # successful requests, all batch sizes
+    queue_ns: int = 0  # those requests' queue time
+    compute_ns: int = 0  # and compute time (a batched request counts its whole execution)
+    inferences: int = 0  # inference_count: requests executed, all batch sizes
+    batches: int = 0  # execution_count
+
+    def __add__(self, other: ModelCounters) -> ModelCounters:
+        return ModelCounters(*(a + b for a, b in zip(self.astuple(), other.astuple(), strict=True)))
+
+    def __sub__(self, other: ModelCounters) -> ModelCounters:
+        return ModelCounters(*(a - b for a, b in zip(self.astuple(), other.astuple(), strict=True)))
+
+    def astuple(self) -> tuple[int, ...]:
+        return (self.executions, self.service_ns, self.requests, self.queue_ns, self.compute_ns, self.inferences,
+                self.batches)  # fmt: skip
+
+    @property
+    def went_backwards(self) -> bool:
+        return any(value < 0 for value in self.astuple())
+
+
+def _count(entry: Mapping[str, Any]) -> int:
+    return int(entry.get("count", 0))
+
+
+def _ns(entry: Mapping[str, Any]) -> int:
+    return int(entry.get("ns", 0))
+
+
+def parse_statistics(payload: Mapping[str, Any]) -> dict[str, ModelCounters]:
+    """The composing models' counters from one replica's statistics (KServe v2 statistics extension, as the gRPC
+    client's `get_inference_statistics(as_json=True)` or the HTTP API return them). Ensembles are skipped."""
+    counters: dict[str, ModelCounters] = {}
+    for model in payload.get("model_stats", []):
+        name = model.get("name")
+        if name not in SPECS:
+            continue
+        stats = model.get("inference_stats", {})
+        batch1 = next((b for b in model.get("batch_stats", []) if int(b.get("batch_size", 0)) == 1), {})
+        found = ModelCounters(
+            executions=_count(batch1.get("compute_infer", {})),
+            service_ns=sum(_ns(batch1.get(phase, {})) for phase in COMPUTE_PHASES),
+            requests=_count(stats.get("success", {})),
+            queue_ns=_ns(stats.get("queue", {})),
+            compute_ns=sum(_ns(stats.get(phase, {})) for phase in COMPUTE_PHASES),
+            inferences=int(model.get("inference_count", 0)),
+            batches=int(model.get("execution_count", 0)),
+        )
+        counters[name] = counters.get(name, ModelCounters()) + found  # several versions: one stage
+    return counters
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    at: float  # time.monotonic()
+    replicas: dict[str, dict[str, ModelCounters]]  # replica address → model → cumulative counters
+
+
+def interval_delta(before: Snapshot, after: Snapshot) -> dict[str, ModelCounters]:
+    """What each model did between two snapshots, summed over the replicas seen in both."""
+    delta: dict[str, ModelCounters] = {}
+    for replica, models in after.replicas.items():
+        previous = before.replicas.get(replica)
+        if previous is None:
+            continue  # a new replica: this snapshot is its baseline
+        for name, counters in models.items():
+            change = counters - previous.get(name, ModelCounters())
+            if change.went_backwards:
+                continue  # the replica restarted: its counters start again from zero
+            delta[name] = delta.get(name, ModelCounters()) + change
+    return delta
+
+
+@dataclass(frozen=True)
+class StageEstimate:
+    """One model over the window."""
+
+    executions: int  # batch-1 executions
+    intervals: int  # poll intervals holding at least one of them
+    service_s: float  # mean compute per batch-1 execution: the model's service time (NaN without executions)
+    requests: int
+    queue_mean_s: float  # per request, all batch sizes
+    compute_mean_s: float
+    mean_batch: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: _finite(v) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class ScopeEstimate:
+    """The overhead of hybrid over vlm in one scope (encode or end to end)."""
+
+    ratio: float
+    ci95: tuple[float, float]
+    verdict: Verdict
+    service_s: dict[str, float]  # pipeline → its service time along the graph (NaN when a model lacks data)
+    executions: dict[str, int]  # pipeline → the fewest batch-1 executions of a model in its chain
+    reasons: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ratio": _finite(self.ratio),
+            "ci95": [_finite(self.ci95[0]), _finite(self.ci95[1])],
+            "verdict": self.verdict.value,
+            "service_s": {p: _finite(v) for p, v in self.service_s.items()},
+            "executions": self.executions,
+            "reasons": self.reasons,
+        }
+
+
+@dataclass(frozen=True)
+class Estimate:
+    stages: dict[str, StageEstimate]
+    scopes: dict[str, ScopeEstimate]
+    intervals: int
+    span_s: float  # time covered by the intervals
+
+
+class ServiceTimeWindow:
+    """Snapshots of every replica's statistics over the last `window_s` seconds, and the estimate they give."""
+
+    def __init__(self, window_s: float, budget: float, min_samples: int, seed: int = 0) -> None:
+        self.window_s = window_s
+        self.budget = budget
+        self.min_samples = min_samples
+        self.seed = seed
+        self.snapshots: deque[Snapshot] = deque()
+        self._cached: tuple[tuple[int, float], Estimate] | None = None
+
+    def add(self, snapshot: Snapshot) -> None:
+        self.snapshots.append(snapshot)
+        # Keep one snapshot older than the window as the baseline of the first interval in it.
+        while len(self.snapshots) > 2 and self.snapshots[1].at < snapshot.at - self.window_s:
+            self.snapshots.popleft()
+
+    def intervals(self, now: float | None = None) -> list[tuple[float, dict[str, ModelCounters]]]:
+        """(end time, per-model delta) of each interval ending inside the window."""
+        horizon = (time.monotonic() if now is None else now) - self.window_s
+        pairs = zip(self.snapshots, list(self.snapshots)[1:], strict=False)
+        return [(after.at, interval_delta(before, after)) for before, after in pairs if after.at > horizon]
+
+    def estimate(self, now: float | None = None) -> Estimate:
+        """Per-stage service times and both scopes' overhead with its interval; cached until the next snapshot."""
+        intervals = self.intervals(now)
+        key = (len(intervals), intervals[-1][0] if intervals else 0.0)
+        if self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
+        result = self._estimate(intervals)
+        self._cached = (key, result)
+        return result
+
+    def _estimate(self, intervals: list[tuple[float, dict[str, ModelCounters]]]) -> Estimate:
+        rng = np.random.default_rng(self.seed)
+        stages: dict[str, StageEstimate] = {}
+        points: dict[str, float] = {}
+        draws: dict[str, np.ndarray] = {}
+        for model in STAGES:
+            deltas = [delta[model] for _, delta in intervals if model in delta]
+            total = reduce(lambda a, b: a + b, deltas, ModelCounters())
+            blocks = [(d.executions, d.service_ns) for d in deltas if d.executions > 0]
+            service = total.service_ns / total.executions / 1e9 if total.executions else np.nan
+            stages[model] = StageEstimate(
+                executions=total.executions,
+                intervals=len(blocks),
+                service_s=service,
+                requests=total.requests,
+                queue_mean_s=total.queue_ns / total.requests / 1e9 if total.requests else np.nan,
+                compute_mean_s=total.compute_ns / total.requests / 1e9 if total.requests else np.nan,
+                mean_batch=total.inferences / total.batches if total.batches else np.nan,
+            )
+            points[model] = service
+            if blocks:
+                counts, spent = (np.asarray(column, dtype=float) for column in zip(*blocks, strict=True))
+                index = rng.integers(0, len(blocks), size=(BOOTSTRAP_RESAMPLES, len(blocks)))
+                draws[model] = spent[index].sum(axis=1) / counts[index].sum(axis=1) / 1e9
+            else:
+                draws[model] = np.full(BOOTSTRAP_RESAMPLES, np.nan)
+        scopes = {scope: self._scope(kind, stages, points, draws) for scope, kind in SCOPES.items()}
+        span = intervals[-1][0] - self.snapshots[0].at if intervals and self.snapshots else 0.0
+        return Estimate(stages, scopes, len(intervals), max(span, 0.0))
+
+    def _scope(
+        self,
+        kind: str,
+        stages: dict[str, StageEstimate],
+        points: dict[str, float],
+        draws: dict[str, np.ndarray],
+    ) -> ScopeEstimate:
+        chains = {pipeline: chain(kind, pipeline) for pipeline in PIPELINES}
+        service = {p: float(critical_path(models, points)) for p, models in chains.items()}
+        executions = {p: min(stages[m].executions for m in models) for p, models in chains.items()}
+        reasons = [
+            f"{model}: {stages[model].executions} batch-1 executions in {stages[model].intervals} poll intervals "
+            f"(need {self.min_samples} in {MIN_INTERVALS})"
+            for model in dict.fromkeys(chains["hybrid"] + chains["vlm"])
+            if stages[model].executions < self.min_samples or stages[model].intervals < MIN_INTERVALS
+        ]
+        ratio = overhead_ratio(service["hybrid"], service["vlm"])
+        if reasons:
+            return ScopeEstimate(np.nan, (np.nan, np.nan), Verdict.INSUFFICIENT, service, executions, reasons)
+        ratios = critical_path(chains["hybrid"], draws) / critical_path(chains["vlm"], draws) - 1
+        low, high = (float(quantile(ratios, q)) for q in (0.025, 0.975))
+        return ScopeEstimate(ratio, (low, high), judge(ratio, self.budget, (low, high)), service, executions)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: None instead."""
+    return None if isinstance(value, float) and np.isnan(value) else value
