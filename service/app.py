@@ -241,14 +241,10 @@ def create_app(settings: Settings | None = None, triton: TritonClient | None = N
     async def healthz() -> dict[str, str]:
         return {"status": "alive"}
 
-    @app.get("/readyz", summary="Triton and every ensemble are ready")
+    @app.get("/readyz", summary="At least one Triton replica serves every ensemble; each replica's readiness")
     async def readyz() -> JSONResponse:
-        try:
-            status = await app.state.triton.readiness()
-        except ApiError as exc:
-            return error_response(503, exc.code, exc.message)
-        ready = all(status.values())
-        return JSONResponse({"ready": ready, "models": status}, status_code=200 if ready else 503)
+        report = await app.state.triton.readiness_report()
+        return JSONResponse(report.as_dict(), status_code=200 if report.ready else 503)
 
     @app.get("/v1/overhead", summary="E-P2.6: hybrid-over-vlm latency overhead, per pipeline and per stage")
     async def overhead_report() -> dict:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hybrid.media import MediaLimits
+from service.triton_client import parse_target
 from service.verdict import BUDGET
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +26,9 @@ class Settings(BaseSettings):
 
     # Triton. Empty URLs + embedded_triton: the gateway starts tritonserver itself on the ports below.
     embedded_triton: bool = True
-    triton_grpc_url: str = ""  # host:port of an external Triton's gRPC endpoint
+    # An external Triton's gRPC target: host:port, or every replica balanced per request (service/triton_client.py):
+    # dns:///<headless service>:8001 (each address of the name) or ipv4:h1:p1,h2:p2.
+    triton_grpc_url: str = ""
     # Its Prometheus endpoint (http://host:8002/metrics): the gateway reads the device Triton runs on from it.
     triton_metrics_url: str = ""
     model_repository: Path = PROJECT_ROOT / "model_repository"
@@ -52,6 +55,14 @@ class Settings(BaseSettings):
     overhead_min_samples: int = Field(5, ge=1)
 
     log_level: str = "info"
+
+    @field_validator("triton_grpc_url")
+    @classmethod
+    def _triton_target(cls, url: str) -> str:
+        """A target gRPC could not dial fails at start-up, naming the problem, not at the first request."""
+        if url:
+            parse_target(url)
+        return url
 
     @property
     def media_limits(self) -> MediaLimits:
