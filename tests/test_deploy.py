@@ -30,6 +30,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from service.triton_client import parse_target
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -47,8 +49,9 @@ DATASOURCES = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"
 DASHBOARD_PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "dashboards.yml"
 DASHBOARD = GRAFANA / "dashboards" / "e-p2-6.json"
 
-SERVICES = {"export", "triton", "gateway", "prometheus", "grafana", "locust"}
-PROFILES = {"export": ["export"], "locust": ["loadtest"]}
+SERVICES = {"export", "triton", "triton-gpu1", "gateway", "prometheus", "grafana", "locust"}
+PROFILES = {"export": ["export"], "locust": ["loadtest"], "triton-gpu1": ["two-gpu"]}
+TRITON_REPLICAS = "triton-replicas"  # the network alias every Triton replica answers to
 
 # requirements file -> the pyproject.toml group it pins (None: [project].dependencies).
 PIN_FILES = {
@@ -233,7 +236,7 @@ def _compose_cli() -> list[str] | None:
     "args",
     [
         ["config", "-q"],
-        ["--profile", "export", "--profile", "loadtest", "config", "-q"],
+        ["--profile", "export", "--profile", "loadtest", "--profile", "two-gpu", "config", "-q"],
         ["-f", "docker-compose.yml", "-f", "docker/compose.ports.yml", "config", "-q"],
     ],
     ids=["default", "all-profiles", "ports-overlay"],
@@ -307,10 +310,33 @@ def test_gateway_service(services: dict[str, dict[str, Any]]) -> None:
     assert gateway["depends_on"] == {"triton": {"condition": "service_healthy"}}
     assert _healthcheck_url(gateway) == (int(_env(gateway)["HYBRID_PORT"]), "/readyz")
     env = _env(gateway)
-    assert env["HYBRID_TRITON_GRPC_URL"] == f"triton:{_flag(triton['command'], '--grpc-port')}"
+    # Every replica, balanced per request: a DNS target on the name all Triton replicas answer to.
+    target = parse_target(env["HYBRID_TRITON_GRPC_URL"])
+    assert env["HYBRID_TRITON_GRPC_URL"].startswith("dns:///")
+    assert target.endpoints == ((TRITON_REPLICAS, int(_flag(triton["command"], "--grpc-port"))),)
     assert env["HYBRID_TRITON_METRICS_URL"] == f"http://triton:{_flag(triton['command'], '--metrics-port')}/metrics"
     assert set(triton["networks"]) & set(gateway["networks"]), "the gateway cannot reach triton"
     assert not _gpu_devices(gateway)
+
+
+def test_two_gpu_profile(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    """`--profile two-gpu` adds the same Triton pinned to GPU 1; each replica answers to the alias the gateway
+    balances over and Prometheus discovers."""
+    first, second = services["triton"], services["triton-gpu1"]
+    assert [d.get("device_ids") for d in _gpu_devices(first)] == [["0"]]
+    assert [d.get("device_ids") for d in _gpu_devices(second)] == [["1"]]
+    for replica in (first, second):
+        assert "count" not in _gpu_devices(replica)[0], "a count would let Docker pick any GPU"
+        assert "ports" not in replica
+        (network,) = replica["networks"]
+        assert compose["networks"][network].get("internal") is True
+        assert TRITON_REPLICAS in replica["networks"][network]["aliases"]
+        assert network in services["gateway"]["networks"] and network in services["prometheus"]["networks"]
+        age = int(_flag(replica["command"], "--grpc-max-connection-age"))
+        assert 0 < age <= 300_000, "connections must age out so that the gateway re-resolves the alias"
+    same = {k: v for k, v in first.items() if k not in {"deploy", "profiles"}}
+    assert {k: v for k, v in second.items() if k not in {"deploy", "profiles"}} == same
+    assert services["gateway"].get("profiles") is None, "one gateway serves both profiles"
 
 
 def test_export_writes_what_triton_serves(services: dict[str, dict[str, Any]]) -> None:
@@ -613,11 +639,14 @@ def test_prometheus_scrapes_gateway_and_triton(services: dict[str, dict[str, Any
     assert set(jobs) == {"gateway", "triton"}
     gateway_port = _env(services["gateway"])["HYBRID_PORT"]
     triton_port = _flag(services["triton"]["command"], "--metrics-port")
-    expected = {"gateway": [f"gateway:{gateway_port}"], "triton": [f"triton:{triton_port}"]}
-    for name, job in jobs.items():
+    for job in jobs.values():
         assert job.get("metrics_path", "/metrics") == "/metrics"
-        targets = [t for static in job["static_configs"] for t in static["targets"]]
-        assert targets == expected[name]
+    assert [t for static in jobs["gateway"]["static_configs"] for t in static["targets"]] == [f"gateway:{gateway_port}"]
+    # Every Triton replica as a target of its own, found through the alias they all answer to.
+    assert "static_configs" not in jobs["triton"]
+    (discovery,) = jobs["triton"]["dns_sd_configs"]
+    assert discovery["names"] == [TRITON_REPLICAS] and discovery["type"] == "A"
+    assert str(discovery["port"]) == triton_port
     prometheus = services["prometheus"]
     config_path = _flag(prometheus["command"], "--config.file")
     assert (ROOT / _mount_at(prometheus, config_path)["source"]).resolve() == PROMETHEUS_CONFIG
