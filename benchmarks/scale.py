@@ -1,0 +1,250 @@
+"""Past one GPU, measured: one Triton replica vs two behind one gateway, closed loop at the same concurrency per
+replica.
+
+    python -m benchmarks.scale --model-repository DIR --devices 0,1 --label h200x2 [--concurrency 8]
+        [--duration-s 60] [--warmup-s 15] [--profile full] [--out benchmarks/results]
+    python -m benchmarks.scale --devices cpu,cpu --label tiny-cpu --duration-s 10   # the same run on CPUs
+
+1. starts one embedded tritonserver per entry of --devices over the same model repository, each on its own
+   loopback ports, a GPU pinned with CUDA_VISIBLE_DEVICES (`cpu`: no GPU visible);
+2. phase "one": a gateway (`python -m service`, no embedded Triton) on the first replica only; `--concurrency`
+   clients send requests back to back (closed loop) for --duration-s after a --warmup-s warm-up;
+3. phase "two": a gateway balancing over every replica (`ipv4:a,b`, gRPC round robin), concurrency ×
+   replicas clients, same duration;
+4. writes `<out>/scale-<label>.json` and `.md`: {"device", "commit", "command", "one": {"rps", "p95_ms"},
+   "two": {"rps", "p95_ms"}, "ratio"} (two's throughput over one's) plus p50, counts, errors and how the
+   requests split over the replicas (Triton's own statistics).
+
+The replicas run for both phases, so phase one's idle replica costs nothing but memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from service.embedded_triton import EmbeddedTriton
+from service.verdict import quantile
+from tests.media_samples import png
+from tests.stack import free_port, running_stack
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Phase:
+    """One closed-loop run: what was sent, what came back, and how each replica's share came out."""
+
+    replicas: int
+    concurrency: int
+    duration_s: float = 0.0
+    latencies_s: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    per_replica: list[int] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        ok = len(self.latencies_s)
+        return {
+            "replicas": self.replicas,
+            "concurrency": self.concurrency,
+            "requests": ok,
+            "errors": self.errors,
+            "duration_s": round(self.duration_s, 2),
+            "rps": ok / self.duration_s if self.duration_s else 0.0,
+            "p50_ms": float(quantile(self.latencies_s, 0.5)) * 1000 if ok else None,
+            "p95_ms": float(quantile(self.latencies_s, 0.95)) * 1000 if ok else None,
+            "inferences_per_replica": self.per_replica,
+        }
+
+
+def ensemble_count(replica: EmbeddedTriton, model: str) -> int:
+    """Successful inferences of `model` on one replica, from Triton's statistics API."""
+    stats = httpx.get(f"{replica.http_url}/v2/models/{model}/stats", timeout=30).json()
+    return sum(int(s["inference_stats"]["success"]["count"]) for s in stats["model_stats"])
+
+
+async def closed_loop(url: str, params: dict, body: bytes, workers: int, seconds: float) -> tuple[list[float], dict]:
+    """`workers` clients, each sending the next request when the last is answered, for `seconds`."""
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
+
+    async def client(session: httpx.AsyncClient) -> None:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            try:
+                reply = await session.post(url, params=params, files={"file": ("in.png", body)})
+                outcome = str(reply.status_code)
+            except httpx.HTTPError as exc:
+                outcome = type(exc).__name__
+            if outcome == "200":
+                latencies.append(time.perf_counter() - started)
+            else:
+                errors[outcome] = errors.get(outcome, 0) + 1
+
+    async with httpx.AsyncClient(timeout=600, limits=limits) as session:
+        await asyncio.gather(*(client(session) for _ in range(workers)))
+    return latencies, errors
+
+
+def run_phase(
+    replicas: list[EmbeddedTriton], args: argparse.Namespace, model: str, body: bytes, workdir: Path
+) -> Phase:
+    phase = Phase(len(replicas), args.concurrency * len(replicas))
+    env = {
+        "HYBRID_EMBEDDED_TRITON": "false",
+        "HYBRID_TRITON_GRPC_URL": "ipv4:" + ",".join(r.grpc_url for r in replicas),
+        "HYBRID_TRITON_METRICS_URL": f"http://{replicas[0].host}:{replicas[0].metrics_port}/metrics",
+        "HYBRID_PROFILE": args.profile,
+        "HYBRID_MAX_IN_FLIGHT": str(phase.concurrency),
+        "HYBRID_LOG_LEVEL": "warning",
+    }
+    url_path = f"/{args.endpoint}"
+    params = {"pipeline": args.pipeline}
+    with running_stack(workdir / f"gateway-{len(replicas)}.log", env, timeout_s=300) as gateway:
+        url = gateway.gateway_url + url_path
+        print(f"  warm-up {args.warmup_s:.0f} s at concurrency {phase.concurrency}", flush=True)
+        asyncio.run(closed_loop(url, params, body, phase.concurrency, args.warmup_s))
+        before = [ensemble_count(r, model) for r in replicas]
+        started = time.perf_counter()
+        phase.latencies_s, phase.errors = asyncio.run(
+            closed_loop(url, params, body, phase.concurrency, args.duration_s)
+        )
+        phase.duration_s = time.perf_counter() - started
+        phase.per_replica = [ensemble_count(r, model) - b for r, b in zip(replicas, before, strict=True)]
+    return phase
+
+
+def describe_devices(devices: list[str]) -> str:
+    names = []
+    for device in devices:
+        if device == "cpu":
+            names.append("CPU")
+            continue
+        query = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", device]
+        try:
+            names.append(subprocess.run(query, capture_output=True, text=True, timeout=30, check=True).stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            names.append(f"GPU {device}")
+    if len(set(names)) == 1:
+        cores = f" ({os.cpu_count()} cores shared)" if names[0] == "CPU" else ""
+        return f"{len(names)}× {names[0]}{cores}"
+    return " + ".join(names)
+
+
+def commit() -> str:
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def markdown(r: dict) -> str:
+    lines = [
+        f"Device: {r['device']}; profile {r['profile']}; `{r['request']}`, 224×224 PNG in.",
+        f"Commit {r['commit']}. Command: `{r['command']}`",
+        "",
+        "| replicas | concurrency | requests | errors | req/s | p50 (ms) | p95 (ms) | inferences per replica |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for key in ("one", "two"):
+        p = r[key]
+        errors = sum(p["errors"].values())
+        lines.append(
+            f"| {p['replicas']} | {p['concurrency']} | {p['requests']} | {errors} | {p['rps']:.2f} | "
+            f"{p['p50_ms']:.1f} | {p['p95_ms']:.1f} | {', '.join(map(str, p['inferences_per_replica']))} |"
+        )
+    lines += [
+        "",
+        f"Throughput ratio two/one: **{r['ratio']:.2f}** (p95 ratio {r['p95_ratio']:.2f}).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-repository", type=Path, default=ROOT / "model_repository")
+    parser.add_argument("--devices", default="cpu,cpu", help="one replica per entry: a GPU index, or cpu")
+    parser.add_argument("--label", required=True, help="names the results: scale-<label>.json (e.g. h200x2)")
+    parser.add_argument("--profile", default="tiny", help="HYBRID_PROFILE of the repository (default steps)")
+    parser.add_argument("--concurrency", type=int, default=8, help="clients per replica")
+    parser.add_argument("--duration-s", type=float, default=60.0)
+    parser.add_argument("--warmup-s", type=float, default=15.0)
+    parser.add_argument("--endpoint", choices=("reconstruct", "encode"), default="reconstruct")
+    parser.add_argument("--pipeline", default="hybrid")
+    parser.add_argument("--start-timeout-s", type=float, default=900.0)
+    parser.add_argument("--triton-arg", action="append", default=[], help="extra tritonserver flag (repeatable)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+    if len(devices) < 2:
+        parser.error("--devices: two or more replicas to compare with one")
+    model = f"{args.endpoint}_{args.pipeline}"
+    body = png(224, 224, seed=0)
+
+    with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
+        workdir = Path(tmp)
+        replicas = [
+            EmbeddedTriton(
+                args.model_repository,
+                http_port=free_port(),
+                grpc_port=free_port(),
+                metrics_port=free_port(),
+                log_path=workdir / f"triton-{i}.log",
+                extra_args=list(args.triton_arg),
+                env={"CUDA_VISIBLE_DEVICES": "" if device == "cpu" else device},
+            )
+            for i, device in enumerate(devices)
+        ]
+        try:
+            # From this thread, one after the other: a server is tied to the thread that started it.
+            for device, replica in zip(devices, replicas, strict=True):
+                started = time.perf_counter()
+                replica.start(args.start_timeout_s)
+                print(f"replica on {device} ready in {time.perf_counter() - started:.0f} s", flush=True)
+            print("phase one: one replica", flush=True)
+            one = run_phase(replicas[:1], args, model, body, workdir)
+            print(f"  {one.summary()}", flush=True)
+            print(f"phase two: {len(replicas)} replicas", flush=True)
+            two = run_phase(replicas, args, model, body, workdir)
+            print(f"  {two.summary()}", flush=True)
+        finally:
+            for replica in replicas:
+                replica.stop()
+
+    results = {
+        "device": describe_devices(devices),
+        "commit": commit(),
+        "command": "python -m benchmarks.scale " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "profile": args.profile,
+        "request": f"POST /{args.endpoint}?pipeline={args.pipeline}",
+        "one": one.summary(),
+        "two": two.summary(),
+    }
+    results["ratio"] = results["two"]["rps"] / results["one"]["rps"] if results["one"]["rps"] else None
+    if results["one"]["p95_ms"] and results["two"]["p95_ms"]:
+        results["p95_ratio"] = results["two"]["p95_ms"] / results["one"]["p95_ms"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"scale-{args.label}"
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(results))
+    print(markdown(results))
+    return 0 if not one.errors and not two.errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
