@@ -23,6 +23,8 @@ def instance_device(requested: str, args: dict[str, Any]) -> torch.device:
     `resolve_device("auto")`; an explicit device is taken as given."""
     if requested == "auto" and args.get("model_instance_kind") == "GPU" and torch.cuda.is_available():
         return torch.device("cuda", int(args.get("model_instance_device_id", 0)))
+    if requested == "auto" and args.get("model_instance_kind") == "CPU":
+        return torch.device("cpu")
     return resolve_device(requested)
 
 

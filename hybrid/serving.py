@@ -45,7 +45,7 @@ class TorchModel:
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         self.name = config["name"]
         self.device = instance_device(params.get("device", "auto"), args)
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and self.device.index is not None:
             torch.cuda.set_device(self.device)  # graphs, compiled kernels and allocations on this instance's GPU
         overrides = json.loads(params.get("profile_overrides") or "{}")
         self.profile: Profile = for_device(get_profile(params.get("profile", "tiny"), overrides), self.device)
@@ -102,6 +102,10 @@ class TorchModel:
         for indices in groups.values():
             try:
                 outputs = self.forward(self.collate([decoded[i] for i in indices]))
+                if self.device.type == "cuda":
+                    # GPU work is asynchronous: wait for it here, so that Triton's compute_infer holds the model's
+                    # GPU time and compute_output only the hand-off (the hand-off would wait for it anyway).
+                    torch.cuda.current_stream(self.device).synchronize()
                 offset = 0
                 for i in indices:
                     size = decoded[i][self.input_names[0]].shape[0]
