@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 from hybrid.contracts import ENSEMBLES
+from service.settings import Settings
 from service.triton_client import parse_target
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -329,6 +330,9 @@ def test_gateway_balances_over_the_headless_service(values_file: Path | None) ->
     assert (target.scheme, target.endpoints) == ("dns", ((name, 8001),))
     assert variables["HYBRID_TRITON_GRPC_URL"].startswith("dns:///")
     assert variables["HYBRID_EMBEDDED_TRITON"] == "false"
+    # Every variable the chart sets is one the gateway reads (a renamed setting would be ignored silently).
+    assert set(variables) <= {"HYBRID_" + f.upper() for f in Settings.model_fields}
+    assert variables["HYBRID_TRITON_METRICS_URL"] == f"http://{name}:8002/metrics"
     gateway_container = container(gateway, "gateway")
     assert gateway_container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert gateway_container["livenessProbe"]["httpGet"]["path"] == "/healthz"
