@@ -71,7 +71,7 @@ def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoReplicas]:
         env = {
             "HYBRID_EMBEDDED_TRITON": "false",
             "HYBRID_TRITON_GRPC_URL": "ipv4:" + ",".join(r.grpc_url for r in replicas),
-            "HYBRID_TRITON_HTTP_URL": replicas[0].http_url,
+            "HYBRID_TRITON_METRICS_URL": f"http://{replicas[0].host}:{replicas[0].metrics_port}/metrics",
             "HYBRID_MAX_IN_FLIGHT": str(2 * WORKERS),
         }
         with running_stack(workdir / "gateway.log", env, timeout_s=120) as gateway:
