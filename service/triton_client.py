@@ -216,6 +216,25 @@ class TritonClient:
         statuses = await asyncio.gather(*(_backend_status(client) for client in clients.values()))
         return Readiness(self.url, dict(zip(clients, statuses, strict=True)))
 
+    async def inference_statistics(self) -> dict[str, dict]:
+        """Each replica's cumulative statistics (KServe v2 statistics extension, as JSON), asked concurrently over
+        its own channel: counters are per replica, so they must not come from whichever one the balancer picks. A
+        replica that does not answer is left out; raises OSError when the target cannot be resolved."""
+        clients = await self.backend_clients()
+        replies = await asyncio.gather(
+            *(c.get_inference_statistics(as_json=True, client_timeout=_READINESS_TIMEOUT_S) for c in clients.values()),
+            return_exceptions=True,
+        )
+        statistics: dict[str, dict] = {}
+        for address, reply in zip(clients, replies, strict=True):
+            if isinstance(reply, InferenceServerException):
+                log.debug("no statistics from %s: %s", address, reply)
+            elif isinstance(reply, BaseException):
+                raise reply
+            else:
+                statistics[address] = reply
+        return statistics
+
     async def readiness(self) -> dict[str, bool]:
         """The server and each ensemble, ready on at least one replica; ApiError(503) when no replica answers."""
         report = await self.readiness_report()
