@@ -207,7 +207,7 @@ def _image_frames(image: Image.Image, count: int, budget: FrameBudget, size: int
         image.seek(index)
         budget.take(*image.size)  # after the seek: the frame's own size, before its pixels are decoded
         image.load()
-        yield _finish(image.convert("RGB"), size)
+        yield _finish(image, size)
 
 
 def _decode_video(data: bytes, container: str, budget: FrameBudget, size: int | None) -> list[np.ndarray]:
@@ -250,10 +250,12 @@ def _decode_video(data: bytes, container: str, budget: FrameBudget, size: int | 
 
 
 def _finish(frame: Image.Image, size: int | None) -> np.ndarray:
-    """An RGB frame as uint8 [H, W, 3], resized to size×size when asked (so the full-size frame can go)."""
+    """A frame as RGB uint8 [H, W, 3], resized to size×size when asked (so the full-size frame can go)."""
+    if frame.mode != "RGB":
+        frame = frame.convert("RGB")
     if size is not None and frame.size != (size, size):
         frame = frame.resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(frame.convert("RGB"))
+    return np.asarray(frame)
 
 
 def _stack(frames: list[np.ndarray]) -> np.ndarray:

@@ -2,23 +2,47 @@
 
 python -m service                       # embedded Triton on loopback + gateway on 127.0.0.1:8080
 python -m service --no-embedded-triton  # gateway only, against HYBRID_TRITON_GRPC_URL
+
+The embedded tritonserver is supervised (restarted after a crash, see service/embedded_triton.py). SIGTERM or
+Ctrl-C drains: the gateway stops accepting connections, lets requests in flight finish (HYBRID_DRAIN_TIMEOUT_S),
+then stops Triton and removes everything it left (processes, shared memory, work directory) and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
 import time
+from collections.abc import Iterator
 
 import uvicorn
 
 from service.app import create_app
-from service.embedded_triton import EmbeddedTriton, TritonStartError
+from service.embedded_triton import EmbeddedTriton, TritonStartError, TritonSupervisor
+from service.http_protocol import header_timeout_protocol
+from service.logs import configure_logging
 from service.settings import Settings
 
 log = logging.getLogger("service")
+DRAIN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, except that a SIGTERM or SIGINT that started a graceful shutdown is not raised again
+    once the server has stopped: uvicorn re-raises it, and a re-raised SIGTERM kills the process before the
+    gateway's own clean-up (stopping Triton) can run. A second Ctrl-C still forces the exit, as in uvicorn."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in DRAIN_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,10 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_embedded_triton:
         overrides["embedded_triton"] = False
     settings = Settings(**overrides)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per statistics poll otherwise
+    configure_logging(settings.log_level, settings.log_format)
 
-    triton: EmbeddedTriton | None = None
+    supervisor: TritonSupervisor | None = None
     if settings.embedded_triton and not settings.triton_grpc_url:
         triton = EmbeddedTriton(
             settings.model_repository,
@@ -47,10 +70,16 @@ def main(argv: list[str] | None = None) -> int:
             grpc_port=settings.embedded_grpc_port,
             metrics_port=settings.embedded_metrics_port,
         )
+        supervisor = TritonSupervisor(
+            triton,
+            settings.triton_start_timeout_s,
+            backoff_s=settings.triton_restart_backoff_s,
+            max_failed_starts=settings.triton_max_failed_starts,
+        )
         started = time.perf_counter()
         log.info("starting the embedded tritonserver on %s (repository %s)", triton.grpc_url, settings.model_repository)
         try:
-            triton.start(settings.triton_start_timeout_s)
+            supervisor.start()
         except TritonStartError as exc:
             log.error("%s", exc)
             return 1
@@ -61,21 +90,33 @@ def main(argv: list[str] | None = None) -> int:
         log.error("no Triton: set HYBRID_TRITON_GRPC_URL or drop --no-embedded-triton")
         return 2
 
-    base = f"http://{settings.host}:{settings.port}"
-    print(
-        f"\nGateway on {base} (docs: {base}/docs). Try:\n"
-        f"  curl -F file=@image.png '{base}/reconstruct?pipeline=hybrid' -o out.png\n",
-        flush=True,
-    )
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+        app = create_app(settings, triton_state=supervisor)
+        if supervisor is not None:
+            app.state.metrics.registry.register(supervisor.collector())
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            http=header_timeout_protocol(settings.client_timeout_s),
+            log_config=None,  # configure_logging routes uvicorn's loggers through the structured handler
+            access_log=False,  # the gateway writes its own access line, with the request id
+            timeout_graceful_shutdown=int(settings.drain_timeout_s),
+        )
+        base = f"http://{settings.host}:{settings.port}"
+        print(
+            f"\nGateway on {base} (docs: {base}/docs). Try:\n"
+            f"  curl -F file=@image.png '{base}/reconstruct?pipeline=hybrid' -o out.png\n",
+            flush=True,
+        )
+        DrainingServer(config).run()
     finally:
-        if triton is not None:
-            # A second Ctrl-C or SIGTERM must not interrupt the shutdown and orphan the server.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if supervisor is not None:
+            # A second Ctrl-C or SIGTERM must not interrupt the clean-up and orphan the server.
+            for sig in DRAIN_SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
             log.info("stopping the embedded tritonserver")
-            triton.stop()
+            supervisor.stop()
     return 0
 
 

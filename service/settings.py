@@ -7,8 +7,9 @@ profile, limits sized for a 2-core machine.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hybrid.media import MediaLimits
@@ -48,6 +49,19 @@ class Settings(BaseSettings):
     max_input_frames: int = Field(16, ge=1)
     max_output_frames: int = Field(33, ge=1)
     max_steps: int = Field(50, ge=1)
+    # Hardening (README "Limits and failure behaviour").
+    max_total_pixels: int = Field(16 * 4096 * 4096, ge=1)  # decoded pixels over all frames of one upload (413)
+    decode_workers: int = Field(2, ge=1)  # uploads decoded at once, each holding about one full-size frame
+    client_timeout_s: float = Field(30.0, gt=0)  # silence allowed while a client sends its headers or body (408)
+    upload_timeout_s: float = Field(120.0, gt=0)  # the whole upload, however it trickles in (408)
+    drain_timeout_s: float = Field(60.0, gt=0)  # on SIGTERM: how long in-flight requests may take to finish
+    api_token: SecretStr | None = None  # bearer token required by /reconstruct and /encode when set
+    auth_probes: bool = False  # also require it for /healthz and /readyz
+    auth_metrics: bool = False  # also require it for /metrics and /v1/overhead
+    cors_origins: str = ""  # comma-separated browser origins allowed to call the API; empty: none
+    log_format: Literal["json", "text"] = "json"
+    triton_restart_backoff_s: float = Field(1.0, gt=0)  # first restart delay after a crash, doubling to 30 s
+    triton_max_failed_starts: int = Field(5, ge=1)  # consecutive failed restarts before /healthz says failed
 
     # E-P2.6: the overhead of hybrid over vlm, over a sliding window of Triton statistics and gateway latencies.
     overhead_budget: float = Field(BUDGET, gt=0)
@@ -66,4 +80,8 @@ class Settings(BaseSettings):
 
     @property
     def media_limits(self) -> MediaLimits:
-        return MediaLimits(self.max_upload_bytes, self.max_pixels, self.max_input_frames)
+        return MediaLimits(self.max_upload_bytes, self.max_pixels, self.max_input_frames, self.max_total_pixels)
+
+    @property
+    def allowed_origins(self) -> list[str]:
+        return [origin.strip().rstrip("/") for origin in self.cors_origins.split(",") if origin.strip()]

@@ -90,3 +90,110 @@ def test_declared_oversized_upload_is_413() -> None:
     with TestClient(create_app(settings)) as client:
         reply = client.post("/reconstruct", files={"file": ("a.png", b"\x00" * 200_000)})
     assert reply.status_code == 413 and reply.json()["error"]["code"] == "file_too_large"
+
+
+# Hardening: token, origins, request ids, what a 5xx discloses, every reply counted (README "Limits and failure
+# behaviour"). Triton is down in these gateways, so a 503 proves a request passed every check before it.
+
+
+def gateway(**overrides: object) -> TestClient:
+    settings = Settings(triton_grpc_url=f"127.0.0.1:{free_port()}", request_timeout_s=5, **overrides)
+    return TestClient(create_app(settings))
+
+
+def upload() -> dict:
+    return {"file": ("a.png", media_samples.png())}
+
+
+def test_bearer_token_guards_inference_and_optionally_probes() -> None:
+    with gateway(api_token="s3cret") as client:
+        missing = client.post("/reconstruct", files=upload())
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        assert missing.json()["error"]["code"] == "unauthorized"
+        wrong = client.post("/reconstruct", files=upload(), headers={"Authorization": "Bearer s3cre"})
+        assert wrong.status_code == 401
+        right = client.post("/encode", files=upload(), headers={"Authorization": "Bearer s3cret"})
+        assert right.status_code == 503  # past the token: Triton is down
+        assert client.get("/healthz").status_code == 200 and client.get("/metrics").status_code == 200
+        assert "HTTPBearer" in client.get("/openapi.json").json()["components"]["securitySchemes"]
+    with gateway(api_token="s3cret", auth_probes=True, auth_metrics=True) as client:
+        assert client.get("/healthz").status_code == 401 and client.get("/readyz").status_code == 401
+        assert client.get("/metrics").status_code == 401 and client.get("/v1/overhead").status_code == 401
+        assert client.get("/healthz", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_cross_origin_requests_are_refused_unless_allowed() -> None:
+    with gateway() as client:
+        refused = client.post("/reconstruct", files=upload(), headers={"Origin": "https://elsewhere.example"})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "origin_not_allowed"
+        same = client.post("/reconstruct", files=upload(), headers={"Origin": "http://testserver"})
+        assert same.status_code == 503
+    with gateway(cors_origins="https://app.example") as client:
+        allowed = client.post("/reconstruct", files=upload(), headers={"Origin": "https://app.example"})
+        assert allowed.status_code == 503
+        assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+        assert client.get("/healthz", headers={"Origin": "https://elsewhere.example"}).status_code == 403
+
+
+def test_every_reply_has_a_request_id() -> None:
+    with gateway() as client:
+        assert client.get("/healthz", headers={"X-Request-ID": "trace-42"}).headers["x-request-id"] == "trace-42"
+        generated = client.post("/reconstruct", headers={"X-Request-ID": "bad id\twith spaces"}).headers
+        assert len(generated["x-request-id"]) == 32 and generated["x-request-id"] != "bad id\twith spaces"
+        assert "gateway;dur=" in generated["server-timing"]
+
+
+def test_a_5xx_discloses_no_address_or_exception() -> None:
+    port = free_port()
+    with TestClient(create_app(Settings(triton_grpc_url=f"127.0.0.1:{port}", request_timeout_s=5))) as client:
+        reply = client.post("/reconstruct", files=upload())
+    assert reply.status_code == 503 and reply.headers["retry-after"]
+    assert str(port) not in reply.text and "127.0.0.1" not in reply.text and "connect" not in reply.text.lower()
+
+
+class BrokenTriton:
+    """A Triton client whose inference fails with an unexpected exception: the path of a bug in the gateway."""
+
+    async def infer(self, model: str, inputs: dict, output: str) -> None:
+        raise RuntimeError("secret detail from 10.1.2.3:8001")
+
+    async def inference_statistics(self) -> dict:
+        return {}
+
+    async def close(self) -> None:
+        pass
+
+
+def test_an_unexpected_failure_is_a_counted_500_that_says_nothing() -> None:
+    settings = Settings(triton_grpc_url="127.0.0.1:1")
+    with TestClient(create_app(settings, triton=BrokenTriton()), raise_server_exceptions=False) as client:
+        reply = client.post("/reconstruct?pipeline=vlm", files=upload())
+        metrics = client.get("/metrics").text
+    assert reply.status_code == 500 and reply.json()["error"]["code"] == "internal_error"
+    assert "secret" not in reply.text and "RuntimeError" not in reply.text and reply.headers["x-request-id"]
+    assert 'hybrid_gateway_requests_total{endpoint="reconstruct",pipeline="vlm",status="500"} 1.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "fragment"),
+    [
+        (None, {"other": "x"}, "file"),  # multipart without the field
+        ({"picture": ("a.png", b"\x89PNG")}, None, "file"),
+    ],
+)
+def test_upload_without_the_file_field_is_400(files: dict | None, data: dict | None, fragment: str) -> None:
+    with gateway() as client:
+        reply = client.post("/reconstruct", files=files, data=data)
+    assert reply.status_code == 400 and fragment in reply.json()["error"]["message"]
+
+
+def test_chunked_upload_over_the_limit_is_413() -> None:
+    """No Content-Length (chunked): the cap holds while the body streams in."""
+    with gateway(max_upload_bytes=100_000) as client:
+        body = b"--b\r\nContent-Disposition: form-data; name=file; filename=a\r\n\r\n" + b"\0" * 300_000
+        reply = client.post(
+            "/reconstruct",
+            content=iter([body[i : i + 8192] for i in range(0, len(body), 8192)]),
+            headers={"Content-Type": "multipart/form-data; boundary=b"},
+        )
+    assert reply.status_code == 413 and reply.json()["error"]["code"] == "file_too_large"

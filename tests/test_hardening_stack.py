@@ -1,0 +1,109 @@
+"""The real stack (the session's `python -m service`, HYBRID_MAX_IN_FLIGHT=4) under hostile use: every file of
+the hostile-media corpus answered with its status inside a memory bound, a flood of 64 concurrent requests
+answered only with 200 or a fast 429, and a schema-driven fuzz (schemathesis, seeded and bounded) finding no 5xx
+and no reply that disagrees with the OpenAPI schema."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests import hostile_media, media_samples
+from tests.hardening_probes import MiB, PeakGain, preprocess_stub
+from tests.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+# Peak memory one file may add (VmHWM over VmRSS before it). Before bounded decoding the 16×4096² GIF alone added
+# 1.5-1.9 GB to the gateway and 1.6 GB to the preprocess model.
+GATEWAY_BOUND = 400 * MiB
+PREPROCESS_BOUND = 200 * MiB
+
+
+@pytest.mark.parametrize("entry", hostile_media.CORPUS, ids=[h.name for h in hostile_media.CORPUS])
+def test_hostile_media_is_answered_within_a_memory_bound(stack: Stack, entry: hostile_media.Hostile) -> None:
+    gateway, preprocess = PeakGain(stack.process.pid), PeakGain(preprocess_stub(stack.process.pid))
+    with gateway, preprocess:
+        reply = httpx.post(f"{stack.gateway_url}/reconstruct", files={"file": ("upload", entry.make())}, timeout=120)
+    assert reply.status_code == entry.status, reply.text
+    if entry.code is not None:
+        assert reply.json()["error"]["code"] == entry.code
+    assert gateway.gained <= GATEWAY_BOUND, f"gateway +{gateway.gained / MiB:.0f} MiB"
+    assert preprocess.gained <= PREPROCESS_BOUND, f"preprocess +{preprocess.gained / MiB:.0f} MiB"
+
+
+def test_a_flood_gets_only_200_or_a_fast_429(stack: Stack) -> None:
+    """64 concurrent requests against 4 slots: each is served or refused, nothing else; a refusal costs the
+    gateway no work (its own timing, in Server-Timing, is a small fraction of any served request's)."""
+
+    async def flood() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        f"{stack.gateway_url}/reconstruct",
+                        params={"frames": 17, "steps": 6, "seed": i, "format": "npz"},
+                        files={"file": ("in.png", media_samples.png(seed=i))},
+                    )
+                    for i in range(64)
+                )
+            )
+
+    replies = asyncio.run(flood())
+    statuses = [r.status_code for r in replies]
+    assert set(statuses) <= {200, 429} and 200 in statuses and 429 in statuses, statuses
+
+    def gateway_ms(reply: httpx.Response) -> float:
+        timing = dict(part.strip().split(";dur=") for part in reply.headers["server-timing"].split(","))
+        return float(timing["gateway"])
+
+    refused = [gateway_ms(r) for r in replies if r.status_code == 429]
+    served = [gateway_ms(r) for r in replies if r.status_code == 200]
+    assert all(r.headers["retry-after"] for r in replies if r.status_code == 429)
+    assert max(refused) < min(served) and max(refused) < 500, (max(refused), min(served))
+
+
+@pytest.fixture(scope="module")
+def api_schema(stack: Stack) -> schemathesis.BaseSchema:
+    return schemathesis.openapi.from_url(f"{stack.gateway_url}/openapi.json")
+
+
+def test_schema_fuzz_finds_no_5xx_and_no_reply_off_schema(stack: Stack, api_schema: schemathesis.BaseSchema) -> None:
+    """Valid and invalid requests generated from the gateway's own OpenAPI schema (deterministic: the same cases
+    every run): none may get a 5xx, a status, content type or body the schema does not declare, or succeed with
+    data the schema says is invalid."""
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+        negative_data_rejection,
+    ]
+    cases = api_schema.as_strategy(GenerationMode.POSITIVE) | api_schema.as_strategy(GenerationMode.NEGATIVE)
+
+    @settings(
+        max_examples=150,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=cases)
+    def fuzz(case: schemathesis.Case) -> None:
+        case.call_and_validate(base_url=stack.gateway_url, checks=checks, timeout=60)
+
+    fuzz()
