@@ -160,3 +160,46 @@ def test_import_command_line(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "w" / "spatial_adapter.safetensors").exists()
     assert "HYBRID_PROFILE_OVERRIDES=" in done.stdout
+
+
+@pytest.mark.integration
+def test_the_service_serves_imported_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole path a lab user takes: their .pt files → import → HYBRID_PROFILE_OVERRIDES → the real stack's
+    /encode answers with their weights (equal to the reference pipeline holding them, not to the seeded ones)."""
+    import io
+
+    import httpx
+
+    from hybrid.media import MediaLimits, decode_media
+    from hybrid.pipeline import ReferencePipeline
+    from tests import media_samples
+    from tests.stack import running_stack
+
+    sources = {}
+    for i, kind in enumerate(("fusion", "vlm_adapter", "spatial_adapter")):
+        sources[kind] = tmp_path / f"{kind}_best.pt"
+        torch.save(_tiny_state_dict(kind, 200 + i), sources[kind])
+    import_checkpoints(sources, TINY, tmp_path / "weights")
+    overrides = str(tmp_path / "weights" / "profile-overrides.json")
+    data = media_samples.png(seed=8)
+    frames = decode_media(data, MediaLimits()).frames
+    with running_stack(tmp_path / "service.log", {"HYBRID_PROFILE_OVERRIDES": overrides}) as stack:
+        served = {
+            pipeline: np.load(
+                io.BytesIO(
+                    httpx.post(
+                        f"{stack.gateway_url}/encode",
+                        params={"pipeline": pipeline},
+                        files={"file": ("in.png", data)},
+                        timeout=120,
+                    ).content
+                )
+            )
+            for pipeline in ("hybrid", "vlm", "spatial")
+        }
+    seeded = ReferencePipeline.build(get_profile("tiny"), device="cpu")
+    monkeypatch.setenv("HYBRID_PROFILE_OVERRIDES", overrides)
+    imported = ReferencePipeline.build(get_profile("tiny"), device="cpu")
+    for pipeline, conditioning in served.items():
+        np.testing.assert_allclose(conditioning, imported.encode(frames, pipeline), atol=1e-4, rtol=1e-4)
+        assert np.abs(conditioning - seeded.encode(frames, pipeline)).max() > 1e-2, pipeline
