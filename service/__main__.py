@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import secrets
 import signal
 import sys
 import time
 from collections.abc import Iterator
 
 import uvicorn
+from pydantic import SecretStr
 
 from service.app import create_app
 from service.embedded_triton import EmbeddedTriton, TritonStartError, TritonSupervisor
@@ -64,11 +66,13 @@ def main(argv: list[str] | None = None) -> int:
 
     supervisor: TritonSupervisor | None = None
     if settings.embedded_triton and not settings.triton_grpc_url:
+        access_key = settings.triton_access_key or SecretStr(secrets.token_urlsafe(32))
         triton = EmbeddedTriton(
             settings.model_repository,
             http_port=settings.embedded_http_port,
             grpc_port=settings.embedded_grpc_port,
             metrics_port=settings.embedded_metrics_port,
+            access_key=access_key.get_secret_value(),
         )
         supervisor = TritonSupervisor(
             triton,
@@ -85,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         log.info("tritonserver ready in %.1f s", time.perf_counter() - started)
         metrics_url = f"http://{triton.host}:{triton.metrics_port}/metrics"
-        settings = settings.model_copy(update={"triton_grpc_url": triton.grpc_url, "triton_metrics_url": metrics_url})
+        reach = {"triton_grpc_url": triton.grpc_url, "triton_metrics_url": metrics_url, "triton_access_key": access_key}
+        settings = settings.model_copy(update=reach)
     elif not settings.triton_grpc_url:
         log.error("no Triton: set HYBRID_TRITON_GRPC_URL or drop --no-embedded-triton")
         return 2

@@ -18,6 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from hybrid.profiles import get_profile
 from service.dependencies import Admission, Decoder, Gateway, TritonConnection, TritonState
+from service.embedded_triton import GRPC_ACCESS_HEADER
 from service.errors import install_error_handlers
 from service.metrics import GatewayMetrics
 from service.middleware import DeclaredSizeLimit, OriginGuard, RequestContext
@@ -28,6 +29,12 @@ from service.settings import Settings
 from service.triton_client import TritonClient
 
 log = logging.getLogger(__name__)
+
+
+def triton_client(settings: Settings) -> TritonClient:
+    key = settings.triton_access_key
+    headers = {GRPC_ACCESS_HEADER: key.get_secret_value()} if key is not None else None
+    return TritonClient(settings.triton_grpc_url, settings.request_timeout_s, headers=headers)
 
 
 def create_app(
@@ -51,7 +58,7 @@ def create_app(
         admission=Admission(settings.max_in_flight, settings.retry_after_s, metrics),
         decoder=Decoder(settings.media_limits, settings.decode_workers, metrics),
         triton=TritonConnection(
-            (lambda: triton) if triton else lambda: TritonClient(settings.triton_grpc_url, settings.request_timeout_s),
+            (lambda: triton) if triton else lambda: triton_client(settings),
             triton_state,
             tracker,
             settings.triton_metrics_url,

@@ -44,6 +44,12 @@ from prometheus_client.registry import Collector
 log = logging.getLogger(__name__)
 
 SHM_DIR = Path("/dev/shm")
+# With an access key, these Triton APIs answer only requests carrying it in this header: any local process can
+# reach the loopback ports, and without the key it could run inference past every limit of the gateway (or load
+# models, register shared memory). Health, metadata, model configs and statistics stay open: they only inform.
+ACCESS_HEADER = "hybrid-triton-key"
+GRPC_ACCESS_HEADER = f"triton-grpc-protocol-{ACCESS_HEADER}"  # Triton's gRPC server looks for the key under this name
+RESTRICTED_APIS = "inference,model-repository,shared-memory,trace,logging"
 _instances = itertools.count()
 
 
@@ -119,6 +125,7 @@ class EmbeddedTriton:
     # Set in the server's environment over the gateway's, e.g. CUDA_VISIBLE_DEVICES to pin a replica to one GPU.
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
+    access_key: str = ""  # when set, inference and the other mutating APIs need it (ACCESS_HEADER)
     # Prefix of the Python backend's shared-memory regions in /dev/shm: this server's alone, so they can be
     # removed after a crash without touching another server's.
     shm_prefix: str = ""
@@ -188,10 +195,12 @@ class EmbeddedTriton:
             "--allow-metrics=true",
             "--exit-on-error=true",
             "--strict-readiness=true",
+            *self._restrictions(),
             *self.extra_args,
         ]
         log_file = open(self.log_path or workdir / "tritonserver.log", "ab")  # noqa: SIM115 - owned by the child
-        log.info("starting tritonserver: %s", " ".join(command))
+        shown = " ".join(command).replace(self.access_key, "***") if self.access_key else " ".join(command)
+        log.info("starting tritonserver: %s", shown)
         self.process = subprocess.Popen(
             command,
             env=self._environment(),
@@ -201,6 +210,12 @@ class EmbeddedTriton:
         )
         log_file.close()
         return self.process
+
+    def _restrictions(self) -> list[str]:
+        if not self.access_key:
+            return []
+        rule = f"{RESTRICTED_APIS}:{ACCESS_HEADER}={self.access_key}"
+        return [f"--grpc-restricted-protocol={rule}", f"--http-restricted-api={rule}"]
 
     def start(self, timeout_s: float = 300.0) -> None:
         """Start the server and block until it reports ready (every model loaded); nothing is left behind if it

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     triton_restart_backoff_s: float = Field(1.0, gt=0)  # first restart delay after a crash, doubling to 30 s
     triton_max_failed_starts: int = Field(5, ge=1)  # consecutive failed restarts before /healthz says failed
+    # Sent with every inference (gRPC metadata `triton-grpc-protocol-hybrid-triton-key`) to a Triton that restricts
+    # inference to it (service.embedded_triton.RESTRICTED_APIS); the embedded server gets a random one per start.
+    triton_access_key: SecretStr | None = None
 
     # E-P2.6: the overhead of hybrid over vlm, over a sliding window of Triton statistics and gateway latencies.
     overhead_budget: float = Field(BUDGET, gt=0)

@@ -157,11 +157,14 @@ class Readiness:
 class TritonClient:
     """Inference over one balanced channel; readiness (and anything per replica) over one channel per replica."""
 
-    def __init__(self, url: str, timeout_s: float, attempts: int = DEFAULT_ATTEMPTS) -> None:
+    def __init__(
+        self, url: str, timeout_s: float, attempts: int = DEFAULT_ATTEMPTS, headers: dict[str, str] | None = None
+    ) -> None:
         self.url = url
         self.target = parse_target(url)
         self.timeout_s = timeout_s
         self.attempts = max(1, attempts)
+        self.headers = headers or {}  # sent with every inference: the key of a Triton that restricts it
         self._client = grpcclient.InferenceServerClient(url, channel_args=_BALANCED_ARGS)
         self._backends: dict[str, grpcclient.InferenceServerClient] = {}
 
@@ -187,6 +190,7 @@ class TritonClient:
                     infer_inputs,
                     outputs=[grpcclient.InferRequestedOutput(output)],
                     client_timeout=max(deadline - time.monotonic(), 0.001),
+                    headers=self.headers,
                 )
                 return result.as_numpy(output)
             except InferenceServerException as exc:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import numpy as np
 import pytest
 import schemathesis
+import tritonclient.grpc as grpcclient
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -19,6 +21,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from tritonclient.utils import InferenceServerException
 
 from tests import hostile_media, media_samples
 from tests.hardening_probes import MiB, PeakGain, preprocess_stub
@@ -74,6 +77,24 @@ def test_a_flood_gets_only_200_or_a_fast_429(stack: Stack) -> None:
     served = [gateway_ms(r) for r in replies if r.status_code == 200]
     assert all(r.headers["retry-after"] for r in replies if r.status_code == 429)
     assert max(refused) < min(served) and max(refused) < 500, (max(refused), min(served))
+
+
+def test_triton_refuses_inference_that_skips_the_gateway(stack: Stack) -> None:
+    """Any local process can reach Triton's loopback ports; without the key the gateway holds, inference (and
+    loading models) is refused there, while health and statistics stay readable."""
+    data = np.frombuffer(media_samples.png(), dtype=np.uint8)[None]
+    media = grpcclient.InferInput("MEDIA", list(data.shape), "UINT8")
+    media.set_data_from_numpy(data)
+    client = grpcclient.InferenceServerClient(stack.triton_grpc_url)
+    assert client.is_model_ready("encode_vlm")
+    with pytest.raises(InferenceServerException, match="restricted"):
+        client.infer("encode_vlm", [media])
+    with pytest.raises(InferenceServerException, match="restricted"):
+        client.load_model("encode_vlm")
+    body = {"inputs": [{"name": "MEDIA", "shape": [1, 4], "datatype": "UINT8", "data": [1, 2, 3, 4]}]}
+    assert httpx.post(f"{stack.triton_http_url}/v2/models/encode_vlm/infer", json=body).status_code == 403
+    assert httpx.get(f"{stack.triton_http_url}/v2/models/stats").status_code == 200
+    assert httpx.post(f"{stack.gateway_url}/encode", files={"file": ("a.png", media_samples.png())}).status_code == 200
 
 
 @pytest.fixture(scope="module")
