@@ -159,7 +159,7 @@ def inference_router(settings: Settings) -> APIRouter:
         fmt = (format or (OutputFormat.png if frames == 1 else OutputFormat.webp)).value
         if frames > 1 and fmt in SINGLE_FRAME_FORMATS:
             raise bad_parameter(gateway, "format: png holds one frame; ask for webp, gif, mp4 or npz")
-        inputs = {
+        inputs: dict[str, np.ndarray] = {
             "MEDIA": np.frombuffer(upload.media, dtype=np.uint8)[None],
             "NUM_FRAMES": np.array([[frames]], dtype=np.int32),
             "STEPS": np.array([[steps]], dtype=np.int32),
