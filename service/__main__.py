@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import logging
 import secrets
+import shlex
 import signal
 import sys
 import time
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             grpc_port=settings.embedded_grpc_port,
             metrics_port=settings.embedded_metrics_port,
             access_key=access_key.get_secret_value(),
+            extra_args=shlex.split(settings.embedded_triton_args),
+            log_path=settings.embedded_triton_log,
         )
         supervisor = TritonSupervisor(
             triton,

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     embedded_grpc_port: int = 8001
     embedded_metrics_port: int = 8002
     triton_start_timeout_s: float = Field(600.0, gt=0)
+    # More tritonserver flags for the embedded server, shell-quoted: e.g. a CUDA memory pool for GPU hand-offs,
+    # "--cuda-memory-pool-byte-size=0:1073741824".
+    embedded_triton_args: str = ""
+    embedded_triton_log: Path | None = None  # tritonserver's own log file (default: inside its work directory)
 
     profile: str = "tiny"  # the profile the repository serves: default steps and limits, reported with figures
 
