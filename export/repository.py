@@ -5,7 +5,10 @@ profile (a test keeps them equal); other profiles and devices are generated with
     python -m export.repository --profile full --profile-overrides '{"random_weights": true}' \
         --instance-kind KIND_GPU --out build/model_repository
 
-This is the `torch` target of `python -m export`; `export.targets` derives the other targets from it.
+Configs are Triton's own `ModelConfig` protobufs (the message tritonserver parses config.pbtxt into), printed with
+`google.protobuf.text_format`: a field name or value Triton would refuse cannot be written, and tests inspect the
+messages rather than parse text back. This is the `torch` target of `python -m export`; `export.targets` derives
+the other targets from it.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc.model_config_pb2 import DataType, ModelConfig, ModelInput, ModelInstanceGroup, ModelOutput
 
 from hybrid.contracts import (
     CONDITIONING,
@@ -62,82 +68,106 @@ RAGGED_INPUT_MODELS: frozenset[str] = frozenset({"fusion", "vlm_adapter", "spati
 inputs allow ragged batches, so an image's and a clip's requests share one execution."""
 
 
-def _tensor(spec: TensorSpec, ragged: bool = False) -> str:
-    dims = ", ".join(str(d) for d in spec.dims)
-    extra = "\n    allow_ragged_batch: true" if ragged else ""
-    return f'  {{\n    name: "{spec.name}"\n    data_type: TYPE_{spec.dtype}\n    dims: [ {dims} ]{extra}\n  }}'
+@dataclass
+class Repository:
+    """A model repository before it is written: each model's config, and for each Python-backend model the class
+    in `hybrid.serving` that its `1/model.py` imports. Models without an adapter are ensembles or native models
+    (onnxruntime, TensorRT), whose `1/` holds an exported file instead."""
+
+    configs: dict[str, ModelConfig] = field(default_factory=dict)
+    adapters: dict[str, str] = field(default_factory=dict)
+
+    def files(self) -> dict[str, str]:
+        """Relative path → file content."""
+        files: dict[str, str] = {}
+        for name, config in self.configs.items():
+            files[f"{name}/config.pbtxt"] = config_text(config)
+            if name in self.adapters:
+                files[f"{name}/1/model.py"] = model_py_for(name, self.adapters[name])
+            elif config.platform == "ensemble":
+                # Triton needs a version directory for an ensemble too; git keeps it through this marker.
+                files[f"{name}/1/.gitkeep"] = ""
+        return files
 
 
-def io_block(key: str, specs: tuple[TensorSpec, ...], ragged: bool = False) -> str:
-    return f"{key} [\n" + ",\n".join(_tensor(s, ragged) for s in specs) + "\n]\n"
+def config_text(config: ModelConfig) -> str:
+    """config.pbtxt: the message in protobuf text format, dims on one line as Triton's own examples write them."""
+    return text_format.MessageToString(config, use_short_repeated_primitives=True)
 
 
-def parameters_block(params: dict[str, str]) -> str:
-    return "".join(
-        f'parameters {{\n  key: "{k}"\n  value: {{ string_value: {json.dumps(v)} }}\n}}\n' for k, v in params.items()
-    )
+def _set_tensor(tensor: ModelInput | ModelOutput, spec: TensorSpec) -> None:
+    tensor.name = spec.name
+    tensor.data_type = DataType.Value(f"TYPE_{spec.dtype}")
+    tensor.dims.extend(spec.dims)
 
 
-def python_model_config(spec: ModelSpec, options: RepositoryOptions) -> str:
-    """config.pbtxt of a Python-backend composing model."""
+def set_io(config: ModelConfig, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> None:
+    """The contract's tensors as the config's inputs and outputs (dims without the batch dimension)."""
+    for spec in inputs:
+        _set_tensor(config.input.add(), spec)
+    for spec in outputs:
+        _set_tensor(config.output.add(), spec)
+
+
+def set_parameters(config: ModelConfig, params: dict[str, str]) -> None:
+    """String parameters, which the Python-backend models read from `args["model_config"]`."""
+    for key, value in params.items():
+        config.parameters[key].string_value = value
+
+
+def add_instance_group(config: ModelConfig, kind: str, count: int = 1) -> None:
+    config.instance_group.add(count=count, kind=ModelInstanceGroup.Kind.Value(kind))
+
+
+def python_model_config(spec: ModelSpec, options: RepositoryOptions) -> ModelConfig:
+    """The config of a Python-backend composing model."""
+    config = ModelConfig(name=spec.name, backend="python", max_batch_size=MAX_BATCH_SIZE)
+    set_io(config, spec.inputs, spec.outputs)
+    if spec.name in RAGGED_INPUT_MODELS:
+        for tensor in config.input:
+            tensor.allow_ragged_batch = True
+    gpu = options.instance_kind == "KIND_GPU"
+    if spec.dynamic_batching:
+        config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
+        if gpu:
+            # On a GPU the compiled models hold graphs for batches of 1, 4 and 8 (hybrid.acceleration): ask the
+            # batcher for those sizes.
+            config.dynamic_batching.preferred_batch_size.extend(GPU_PREFERRED_BATCH_SIZES)
+    # Preprocess decodes media on the CPU, one request at a time: on a GPU host several instances keep it off
+    # the critical path under load (a GPU host has the cores; the embedded CPU run has two).
+    if spec.name == "preprocess":
+        add_instance_group(config, "KIND_CPU", PREPROCESS_GPU_HOST_INSTANCES if gpu else 1)
+    else:
+        add_instance_group(config, options.instance_kind)
     params = {"profile": options.profile, "device": "auto"}
     if options.profile_overrides:
         params["profile_overrides"] = options.profile_overrides
     if spec.name != "preprocess":
         # Let GPU tensors from the previous step arrive without a copy to the host (DLPack handles both).
         params["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
-    gpu = options.instance_kind == "KIND_GPU"
-    # On a GPU the compiled models hold graphs for batches of 1, 4 and 8 (hybrid.acceleration): ask the batcher
-    # for those sizes.
-    preferred = f"  preferred_batch_size: [ {', '.join(map(str, GPU_PREFERRED_BATCH_SIZES))} ]\n" if gpu else ""
-    batching = (
-        f"dynamic_batching {{\n{preferred}  max_queue_delay_microseconds: {options.max_queue_delay_us}\n}}\n"
-        if spec.dynamic_batching
-        else ""
-    )
-    kind = "KIND_CPU" if spec.name == "preprocess" else options.instance_kind
-    # Preprocess decodes media on the CPU, one request at a time: on a GPU host several instances keep it off
-    # the critical path under load (a GPU host has the cores; the embedded CPU run has two).
-    count = PREPROCESS_GPU_HOST_INSTANCES if gpu and spec.name == "preprocess" else 1
-    return (
-        f'name: "{spec.name}"\nbackend: "python"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
-        + io_block("input", spec.inputs, ragged=spec.name in RAGGED_INPUT_MODELS)
-        + io_block("output", spec.outputs)
-        + batching
-        + f"instance_group [\n  {{\n    count: {count}\n    kind: {kind}\n  }}\n]\n"
-        + parameters_block(params)
-    )
+    set_parameters(config, params)
+    return config
 
 
-def _step(model: ModelSpec) -> str:
-    """One ensemble step; tensors are named after their contract names throughout the ensemble."""
-    inputs = "".join(f'      input_map {{ key: "{t.name}" value: "{t.name}" }}\n' for t in model.inputs)
-    outputs = "".join(f'      output_map {{ key: "{t.name}" value: "{t.name}" }}\n' for t in model.outputs)
-    return f'    {{\n      model_name: "{model.name}"\n      model_version: -1\n{inputs}{outputs}    }}'
-
-
-def ensemble_config(kind: str, pipeline: str, specs: dict[str, ModelSpec]) -> str:
-    """`encode_<pipeline>` (media → conditioning) or `reconstruct_<pipeline>` (media → frames)."""
+def ensemble_config(kind: str, pipeline: str, specs: dict[str, ModelSpec]) -> ModelConfig:
+    """`encode_<pipeline>` (media → conditioning) or `reconstruct_<pipeline>` (media → frames). Tensors are named
+    after their contract names throughout the ensemble."""
     chain = list(ENCODE_CHAINS[pipeline]) + (["video_decoder"] if kind == "reconstruct" else [])
     by_name = {t.name: t for s in specs.values() for t in (*s.inputs, *s.outputs)}
     inputs = [by_name[MEDIA]] + ([by_name[n] for n in (NUM_FRAMES, STEPS, SEED)] if kind == "reconstruct" else [])
     output = by_name[VIDEO] if kind == "reconstruct" else by_name[CONDITIONING]
+    config = ModelConfig(name=ensemble_name(kind, pipeline), platform="ensemble", max_batch_size=MAX_BATCH_SIZE)
+    set_io(config, tuple(inputs), (output,))
     # Preprocess emits both encoders' inputs; a pipeline maps only what its chain consumes.
     consumed = {t.name for name in chain for t in specs[name].inputs}
-    steps = []
     for name in chain:
-        spec = specs[name]
-        if name == "preprocess":
-            spec = ModelSpec(spec.name, spec.inputs, tuple(t for t in spec.outputs if t.name in consumed), False)
-        steps.append(_step(spec))
-    return (
-        f'name: "{ensemble_name(kind, pipeline)}"\nplatform: "ensemble"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
-        + io_block("input", tuple(inputs))
-        + io_block("output", (output,))
-        + "ensemble_scheduling {\n  step [\n"
-        + ",\n".join(steps)
-        + "\n  ]\n}\n"
-    )
+        step = config.ensemble_scheduling.step.add(model_name=name, model_version=-1)
+        for tensor in specs[name].inputs:
+            step.input_map[tensor.name] = tensor.name
+        for tensor in specs[name].outputs:
+            if name != "preprocess" or tensor.name in consumed:
+                step.output_map[tensor.name] = tensor.name
+    return config
 
 
 def model_py_for(name: str, class_name: str) -> str:
@@ -149,25 +179,23 @@ def model_py_for(name: str, class_name: str) -> str:
     )
 
 
-def model_py(name: str) -> str:
-    return model_py_for(name, PYTHON_MODELS[name])
+def build_repository(options: RepositoryOptions) -> Repository:
+    """Every composing model (Python backend) and the six ensembles."""
+    profile = get_profile(options.profile, json.loads(options.profile_overrides or "{}"))
+    specs = model_specs(profile.vlm.dim, profile.spatial.dim)
+    repository = Repository()
+    for name, spec in specs.items():
+        repository.configs[name] = python_model_config(spec, options)
+        repository.adapters[name] = PYTHON_MODELS[name]
+    for kind in ("encode", "reconstruct"):
+        for pipeline in PIPELINES:
+            repository.configs[ensemble_name(kind, pipeline)] = ensemble_config(kind, pipeline, specs)
+    return repository
 
 
 def render(options: RepositoryOptions) -> dict[str, str]:
     """Relative path → file content of the whole repository."""
-    profile = get_profile(options.profile, json.loads(options.profile_overrides or "{}"))
-    specs = model_specs(profile.vlm.dim, profile.spatial.dim)
-    files: dict[str, str] = {}
-    for name, spec in specs.items():
-        files[f"{name}/config.pbtxt"] = python_model_config(spec, options)
-        files[f"{name}/1/model.py"] = model_py(name)
-    for kind in ("encode", "reconstruct"):
-        for pipeline in PIPELINES:
-            name = ensemble_name(kind, pipeline)
-            files[f"{name}/config.pbtxt"] = ensemble_config(kind, pipeline, specs)
-            # Triton needs a version directory for an ensemble too; git keeps it through this marker.
-            files[f"{name}/1/.gitkeep"] = ""
-    return files
+    return build_repository(options).files()
 
 
 def write(options: RepositoryOptions, out: Path) -> list[Path]:

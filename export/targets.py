@@ -20,14 +20,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from tritonclient.grpc.model_config_pb2 import ModelConfig
+
 from export.exportable import EXPORTED_MODELS
 from export.repository import (
+    Repository,
     RepositoryOptions,
-    io_block,
-    model_py_for,
-    parameters_block,
+    add_instance_group,
+    build_repository,
     python_model_config,
-    render,
+    set_io,
+    set_parameters,
 )
 from hybrid.contracts import MAX_BATCH_SIZE, ModelSpec, model_specs
 from hybrid.profiles import RUNTIMES, get_profile
@@ -94,58 +97,60 @@ def torch_repository_options(options: TargetOptions) -> RepositoryOptions:
     return dataclasses.replace(options.repository, profile_overrides=json.dumps(overrides, sort_keys=True))
 
 
-def native_model_config(spec: ModelSpec, platform: str, options: RepositoryOptions) -> str:
-    """config.pbtxt of an `onnxruntime_onnx` or `tensorrt_plan` model: the contract's tensors, batch first."""
-    batching = (
-        f"dynamic_batching {{\n  max_queue_delay_microseconds: {options.max_queue_delay_us}\n}}\n"
-        if spec.dynamic_batching
-        else ""
+def native_model_config(spec: ModelSpec, platform: str, options: RepositoryOptions) -> ModelConfig:
+    """The config of an `onnxruntime_onnx` or `tensorrt_plan` model: the contract's tensors, batch first."""
+    filename = ARTIFACT_FILES["tensorrt" if platform == PLATFORMS["tensorrt"] else "onnxruntime"]
+    config = ModelConfig(
+        name=spec.name, platform=platform, max_batch_size=MAX_BATCH_SIZE, default_model_filename=filename
     )
+    set_io(config, spec.inputs, spec.outputs)
+    if spec.dynamic_batching:
+        config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
     # Triton's TensorRT backend runs on GPUs only.
-    kind = "KIND_GPU" if platform == "tensorrt_plan" else options.instance_kind
-    filename = "model.plan" if platform == "tensorrt_plan" else "model.onnx"
-    return (
-        f'name: "{spec.name}"\nplatform: "{platform}"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
-        f'default_model_filename: "{filename}"\n'
-        + io_block("input", spec.inputs)
-        + io_block("output", spec.outputs)
-        + batching
-        + f"instance_group [\n  {{\n    count: 1\n    kind: {kind}\n  }}\n]\n"
-    )
+    add_instance_group(config, "KIND_GPU" if platform == PLATFORMS["tensorrt"] else options.instance_kind)
+    return config
 
 
-def embedded_model_config(spec: ModelSpec, options: TargetOptions) -> str:
-    """config.pbtxt of a Python-backend model that runs the exported ONNX with onnxruntime."""
+def embedded_model_config(spec: ModelSpec, options: TargetOptions) -> ModelConfig:
+    """The config of a Python-backend model that runs the exported ONNX with onnxruntime."""
+    config = python_model_config(spec, options.repository)
     params = {
         "onnx_file": ARTIFACT_FILES["embedded"],
         "onnx_precision": options.onnx_precision,
         "ort_intra_op_threads": str(options.ort_intra_op_threads),
     }
-    return python_model_config(spec, options.repository) + parameters_block(params)
+    set_parameters(config, params)
+    return config
+
+
+def build_target(options: TargetOptions) -> Repository:
+    """The target's repository: `export.repository`'s, with the exported models swapped in (or, for `torch`, the
+    runtime set on every Python-backend model)."""
+    repository_options = torch_repository_options(options)
+    repository = build_repository(repository_options)
+    if options.target == "torch":
+        if options.runtime is not None:
+            for config in repository.configs.values():
+                if config.backend == "python":
+                    set_parameters(config, {"runtime": options.runtime})
+        return repository
+    profile = get_profile(repository_options.profile, json.loads(repository_options.profile_overrides or "{}"))
+    specs = model_specs(profile.vlm.dim, profile.spatial.dim)
+    for name in options.exported:
+        if options.target == "embedded":
+            repository.configs[name] = embedded_model_config(specs[name], options)
+            repository.adapters[name] = "OnnxRuntimeModel"
+        else:
+            repository.configs[name] = native_model_config(specs[name], PLATFORMS[options.target], repository_options)
+            del repository.adapters[name]
+    return repository
 
 
 def render_target(options: TargetOptions) -> dict[str, str]:
     """Relative path → content of every text file of the target's repository (configs, model.py adapters,
     ensembles). The exported artifacts are binary and written by `python -m export`, at
     `<model>/1/<ARTIFACT_FILES[target]>`."""
-    repository = torch_repository_options(options)
-    files = render(repository)
-    if options.target == "torch":
-        if options.runtime is not None:
-            for name in files:
-                if name.endswith("/config.pbtxt") and 'backend: "python"' in files[name]:
-                    files[name] += parameters_block({"runtime": options.runtime})
-        return files
-    profile = get_profile(repository.profile, json.loads(repository.profile_overrides or "{}"))
-    specs = model_specs(profile.vlm.dim, profile.spatial.dim)
-    for name in options.exported:
-        if options.target == "embedded":
-            files[f"{name}/config.pbtxt"] = embedded_model_config(specs[name], options)
-            files[f"{name}/1/model.py"] = model_py_for(name, "OnnxRuntimeModel")
-        else:
-            files[f"{name}/config.pbtxt"] = native_model_config(specs[name], PLATFORMS[options.target], repository)
-            del files[f"{name}/1/model.py"]
-    return files
+    return build_target(options).files()
 
 
 def artifact_paths(options: TargetOptions, out: Path) -> dict[str, Path]:

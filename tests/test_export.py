@@ -28,8 +28,15 @@ from tritonclient.grpc import model_config_pb2
 import hybrid.serving
 from export.exportable import EXPORTED_MODELS, exportables
 from export.onnx_export import PARITY_BOUNDS, ParityError, check_parity, export_onnx, require_parity
-from export.repository import RepositoryOptions, render
-from export.targets import ARTIFACT_FILES, PLATFORMS, TARGETS, TargetOptions, render_target
+from export.repository import (
+    GPU_PREFERRED_BATCH_SIZES,
+    PREPROCESS_GPU_HOST_INSTANCES,
+    RAGGED_INPUT_MODELS,
+    RepositoryOptions,
+    build_repository,
+    render,
+)
+from export.targets import ARTIFACT_FILES, PLATFORMS, TARGETS, TargetOptions, build_target, render_target
 from export.tensorrt_engine import trtexec_command
 from hybrid.contracts import ENSEMBLES, MAX_BATCH_SIZE, model_specs
 from hybrid.profiles import get_profile
@@ -38,16 +45,6 @@ from tests.stack import ROOT, Stack, StackError, running_stack
 
 FULL = json.dumps({"random_weights": True})
 ONNX_DTYPES = {"FP32": onnx.TensorProto.FLOAT}
-
-
-def parse_configs(files: dict[str, str]) -> dict[str, model_config_pb2.ModelConfig]:
-    configs = {}
-    for rel, content in files.items():
-        if rel.endswith("config.pbtxt"):
-            config = text_format.Parse(content, model_config_pb2.ModelConfig())
-            assert config.name == rel.split("/")[0]
-            configs[config.name] = config
-    return configs
 
 
 def assert_ensembles_resolve(configs: dict[str, model_config_pb2.ModelConfig]) -> None:
@@ -79,8 +76,12 @@ def assert_ensembles_resolve(configs: dict[str, model_config_pb2.ModelConfig]) -
 @pytest.mark.parametrize("target", TARGETS)
 def test_target_configs_parse_and_ensembles_resolve(target: str, profile: str) -> None:
     repository = RepositoryOptions(profile, FULL if profile == "full" else "", "KIND_GPU")
-    files = render_target(TargetOptions(target, None, repository))
-    configs = parse_configs(files)
+    built = build_target(TargetOptions(target, None, repository))
+    files, configs = built.files(), built.configs
+    for name, config in configs.items():
+        # What Triton reads back is the message itself, in its model's folder.
+        assert config.name == name
+        assert text_format.Parse(files[f"{name}/config.pbtxt"], model_config_pb2.ModelConfig()) == config
     assert_ensembles_resolve(configs)
     p = get_profile(profile, json.loads(repository.profile_overrides or "{}"))
     specs = model_specs(p.vlm.dim, p.spatial.dim)
@@ -118,8 +119,8 @@ def test_ensembles_and_torch_models_are_the_same_in_every_target() -> None:
 
 
 def test_torch_target_precision_sets_the_dtype() -> None:
-    files = render_target(TargetOptions("torch", "bf16", RepositoryOptions(instance_kind="KIND_GPU")))
-    config = parse_configs(files)["vlm_encoder"]
+    options = TargetOptions("torch", "bf16", RepositoryOptions(instance_kind="KIND_GPU"))
+    config = build_target(options).configs["vlm_encoder"]
     overrides = json.loads(config.parameters["profile_overrides"].string_value)
     assert overrides == {"dtype": "bfloat16"}
     assert get_profile("tiny", overrides).dtype == "bfloat16"
@@ -137,12 +138,35 @@ def test_unsupported_choices_are_refused(target: str, precision: str | None) -> 
 
 @pytest.mark.parametrize("runtime", ["compiled", "eager"])
 def test_torch_target_runtime_switch(runtime: str) -> None:
-    files = render_target(TargetOptions("torch", "bf16", RepositoryOptions(instance_kind="KIND_GPU"), runtime=runtime))
-    configs = parse_configs(files)
+    options = TargetOptions("torch", "bf16", RepositoryOptions(instance_kind="KIND_GPU"), runtime=runtime)
+    configs = build_target(options).configs
     assert_ensembles_resolve(configs)
     for name, config in configs.items():
         if config.backend == "python":
             assert config.parameters["runtime"].string_value == runtime, name
+
+
+@pytest.mark.parametrize("instance_kind", ["KIND_CPU", "KIND_GPU"])
+def test_batching_and_instances_follow_the_device(instance_kind: str) -> None:
+    """A GPU repository asks the batcher for the compiled runtime's batch sizes and runs four preprocess
+    instances on the host; the heads accept ragged token inputs on either device."""
+    configs = build_repository(RepositoryOptions(instance_kind=instance_kind)).configs
+    gpu = instance_kind == "KIND_GPU"
+    kinds = model_config_pb2.ModelInstanceGroup
+    for name, config in configs.items():
+        if config.platform == "ensemble":
+            continue
+        assert [t.allow_ragged_batch for t in config.input] == [name in RAGGED_INPUT_MODELS] * len(config.input)
+        (group,) = config.instance_group
+        if name == "preprocess":
+            assert (group.kind, group.count) == (kinds.KIND_CPU, PREPROCESS_GPU_HOST_INSTANCES if gpu else 1)
+        else:
+            assert (group.kind, group.count) == (kinds.Kind.Value(instance_kind), 1)
+            assert config.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no"
+        if config.HasField("dynamic_batching"):
+            expected = list(GPU_PREFERRED_BATCH_SIZES) if gpu else []
+            assert list(config.dynamic_batching.preferred_batch_size) == expected
+    assert configs["fusion"].HasField("dynamic_batching") and not configs["preprocess"].HasField("dynamic_batching")
 
 
 def test_tensorrt_profiles_cover_the_configs() -> None:
@@ -221,7 +245,7 @@ def test_export_writes_a_complete_repository(exported: Path) -> None:
 def test_onnx_files_present_the_native_contract(exported: Path) -> None:
     """What Triton's onnxruntime_onnx backend checks: the graph's inputs/outputs are the config's names, FP32,
     batch first, static dims equal and variable dims symbolic."""
-    configs = parse_configs(render_target(TargetOptions("onnxruntime")))
+    configs = build_target(TargetOptions("onnxruntime")).configs
     for name in EXPORTED_MODELS:
         graph = onnx.load(str(exported / name / "1" / "model.onnx"), load_external_data=False).graph
         config = configs[name]
