@@ -57,6 +57,15 @@ class RepositoryOptions:
     profile_overrides: str = ""  # JSON, passed to the models as a config parameter
     instance_kind: str = "KIND_CPU"  # KIND_GPU on a GPU host
     max_queue_delay_us: int = 1000
+    # Composing models answered from Triton's response cache (`response_cache { enable: true }`; the server needs
+    # `--cache-config`). None by default: the checked-in repository caches nothing.
+    response_cache: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.response_cache) - set(PYTHON_MODELS))
+        if unknown:
+            choices = ", ".join(PYTHON_MODELS)
+            raise ValueError(f"no composing model {', '.join(unknown)} to cache; choose from {choices}")
 
 
 GPU_PREFERRED_BATCH_SIZES: tuple[int, ...] = (4, 8)
@@ -145,6 +154,11 @@ def python_model_config(spec: ModelSpec, options: RepositoryOptions) -> ModelCon
     if spec.name != "preprocess":
         # Let GPU tensors from the previous step arrive without a copy to the host (DLPack handles both).
         params["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
+    if spec.name in options.response_cache:
+        config.response_cache.enable = True
+        if gpu and spec.name != "preprocess":
+            # Triton caches only responses whose outputs are in host memory: a cached GPU model replies from there.
+            params["host_outputs"] = "yes"
     set_parameters(config, params)
     return config
 
@@ -222,8 +236,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile-overrides", default="", help="JSON merged into the profile")
     parser.add_argument("--instance-kind", default="KIND_CPU", choices=["KIND_CPU", "KIND_GPU"])
     parser.add_argument("--out", type=Path, default=Path("model_repository"))
+    parser.add_argument(
+        "--response-cache", default="", help="comma-separated composing models to answer from Triton's response cache"
+    )
     args = parser.parse_args(argv)
-    options = RepositoryOptions(args.profile, args.profile_overrides, args.instance_kind)
+    cached = tuple(name for name in args.response_cache.split(",") if name)
+    options = RepositoryOptions(args.profile, args.profile_overrides, args.instance_kind, response_cache=cached)
     paths = write(options, args.out)
     print(f"wrote {len(paths)} files under {args.out}")
 

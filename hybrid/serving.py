@@ -53,6 +53,8 @@ class TorchModel:
             self.profile = dataclasses.replace(self.profile, runtime=params["runtime"])
         if params.get("torch_threads"):
             torch.set_num_threads(int(params["torch_threads"]))
+        # Replies from host memory: Triton's response cache stores only responses whose outputs are on the host.
+        self.host_outputs = params.get("host_outputs") == "yes"
         self.input_names = [t["name"] for t in config["input"]]
         self.output_names = [t["name"] for t in config["output"]]
         started = time.perf_counter()
@@ -106,6 +108,8 @@ class TorchModel:
                     # GPU work is asynchronous: wait for it here, so that Triton's compute_infer holds the model's
                     # GPU time and compute_output only the hand-off (the hand-off would wait for it anyway).
                     torch.cuda.current_stream(self.device).synchronize()
+                if self.host_outputs:
+                    outputs = {n: t.cpu() for n, t in outputs.items()}
                 offset = 0
                 for i in indices:
                     size = decoded[i][self.input_names[0]].shape[0]
