@@ -101,6 +101,7 @@ class Exportable:
         tokens as unit-scale features. Token counts follow the frame count as the encoders' would."""
         out = []
         for tensor in self.spec.inputs:
+            shape: tuple[int, ...]
             if tensor.name == SPATIAL_PIXELS:
                 shape = (batch, frames, 3, IMAGE_SIZE, IMAGE_SIZE)
             elif tensor.name == VLM_TOKENS:
@@ -134,6 +135,8 @@ class Exportable:
         ranges = {}
         pairs = -(-self.max_frames // 2)
         for tensor in self.spec.inputs:
+            one: tuple[int, ...]
+            most: tuple[int, ...]
             if tensor.name == SPATIAL_PIXELS:
                 one = (1, 1, 3, IMAGE_SIZE, IMAGE_SIZE)
                 most = (MAX_BATCH_SIZE, self.max_frames, 3, IMAGE_SIZE, IMAGE_SIZE)

@@ -111,6 +111,7 @@ def export_onnx(exportable: Exportable, module: nn.Module, precision: str, path:
             optimize=True,
             verbose=False,
         )
+        assert program is not None  # the dynamo exporter always returns its program
         size = sum(p.numel() * p.element_size() for p in wrapped.parameters())
         program.save(path, external_data=size > 1.8 * 2**30)
     del program, wrapped

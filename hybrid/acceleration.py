@@ -104,7 +104,7 @@ class CudaGraphRunner:
         self.fn = fn
         self.warmup = warmup
         self.graphs: dict[Hashable, tuple[Any, tuple[torch.Tensor, ...], torch.Tensor]] = {}
-        self.pool = None
+        self.pool: Any = None  # torch.cuda.graph_pool_handle(), made on the first capture
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         key = tuple((tuple(x.shape), x.dtype) for x in inputs)

@@ -76,12 +76,11 @@ class VideoDecoder:
 
 def build_decoder(profile: Profile, device: str | torch.device = "cpu") -> VideoDecoder:
     """LTX-Video for `profile`: seeded random transformer and VAE, or a local diffusers directory."""
-    from diffusers import (
-        AutoencoderKLLTXVideo,
-        FlowMatchEulerDiscreteScheduler,
-        LTXPipeline,
-        LTXVideoTransformer3DModel,
-    )
+    # From their modules: diffusers' lazy top-level names resolve to its dummy classes for a type checker.
+    from diffusers.models.autoencoders.autoencoder_kl_ltx import AutoencoderKLLTXVideo
+    from diffusers.models.transformers.transformer_ltx import LTXVideoTransformer3DModel
+    from diffusers.pipelines.ltx.pipeline_ltx import LTXPipeline
+    from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 
     cfg = profile.decoder
     dtype = getattr(torch, profile.dtype)
@@ -95,7 +94,8 @@ def build_decoder(profile: Profile, device: str | torch.device = "cpu") -> Video
         pipeline = LTXPipeline(
             scheduler=FlowMatchEulerDiscreteScheduler(),
             vae=vae,
-            text_encoder=None,
+            # No T5: the fusion output is the prompt embedding (diffusers annotates the encoder as required).
+            text_encoder=None,  # type: ignore[arg-type]
             tokenizer=None,
             transformer=transformer,
         )

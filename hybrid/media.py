@@ -21,6 +21,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -362,7 +363,7 @@ def _encode_mp4(frames: np.ndarray, fps: int, buffer: io.BytesIO) -> None:
     height, width = frames.shape[1:3]
     with av.open(buffer, mode="w", format="mp4") as container:
         # H.264 where this FFmpeg build has an encoder for it, MPEG-4 part 2 otherwise: both play everywhere.
-        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        codec: Literal["libx264", "mpeg4"] = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = width + width % 2, height + height % 2
         stream.pix_fmt = "yuv420p"

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +199,7 @@ class SpatialEncoderModel(TorchModel):
         from hybrid.spatial import build_spatial
 
         self.encoder = build_spatial(self.profile, self.device)
-        self.run = self.encoder
+        self.run: Callable[..., torch.Tensor] = self.encoder  # or its CUDA graphs (below)
         if self.compiled:
             from hybrid.acceleration import CAPTURE_BATCH_SIZES, graphed
 

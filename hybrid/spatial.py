@@ -21,6 +21,7 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,9 @@ from torch import nn
 
 from hybrid.contracts import IMAGE_SIZE
 from hybrid.profiles import SPATIAL_VARIANTS, Profile
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 HUB_INTERPOLATE_OFFSET = 0.1
 """dinov2's hubconf builds every backbone with `interpolate_offset=0.1` (a kludge kept from DINO v1)."""
@@ -43,7 +47,7 @@ class CheckpointError(ValueError):
 class SpatialEncoder(nn.Module):
     """[B, F, 3, 224, 224] normalized frames → [B, F·256, D] patch tokens (CLS and register tokens dropped)."""
 
-    def __init__(self, backbone: nn.Module) -> None:
+    def __init__(self, backbone: VisionTransformer) -> None:
         super().__init__()
         self.backbone = backbone
         self.num_prefix_tokens = int(backbone.num_prefix_tokens)
@@ -54,7 +58,7 @@ class SpatialEncoder(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         batch, num_frames = frames.shape[:2]
-        tokens = self.backbone.forward_features(frames.flatten(0, 1).to(self.backbone.cls_token.dtype))
+        tokens = self.backbone.forward_features(frames.flatten(0, 1).to(self.backbone.patch_embed.proj.weight.dtype))
         patches = tokens[:, self.num_prefix_tokens :]
         return patches.reshape(batch, num_frames * patches.shape[1], patches.shape[2]).float()
 
@@ -101,7 +105,7 @@ def resample_pos_embed_like_hub(pos_embed: torch.Tensor, grid: tuple[int, int]) 
     return torch.cat([pos_embed[:, :1].float(), patch], dim=1)
 
 
-def to_timm_state_dict(state: Mapping[str, torch.Tensor], backbone: nn.Module) -> dict[str, torch.Tensor]:
+def to_timm_state_dict(state: Mapping[str, torch.Tensor], backbone: VisionTransformer) -> dict[str, torch.Tensor]:
     """The hub's layout (or timm's own) → `backbone`'s names and shapes, checked key by key.
 
     Hub → timm: `mask_token` is dropped (used only by masked-image training, never by the hub's forward without
@@ -131,9 +135,20 @@ def to_timm_state_dict(state: Mapping[str, torch.Tensor], backbone: nn.Module) -
     return out
 
 
-def load_dinov2_checkpoint(backbone: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+def load_dinov2_checkpoint(backbone: VisionTransformer, state: Mapping[str, torch.Tensor]) -> None:
     """Load a DINOv2 state dict (hub or timm layout, any grid) into `backbone`, strictly."""
     backbone.load_state_dict(to_timm_state_dict(state, backbone), strict=True)
+
+
+def create_backbone(name: str, kwargs: dict[str, Any]) -> VisionTransformer:
+    """timm's `name` without weights: every DINOv2 variant is a timm `VisionTransformer`."""
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    backbone = timm.create_model(name, pretrained=False, **kwargs)
+    if not isinstance(backbone, VisionTransformer):
+        raise TypeError(f"timm's {name} is a {type(backbone).__name__}, not the VisionTransformer DINOv2 is")
+    return backbone
 
 
 def build_spatial(profile: Profile, device: str | torch.device = "cpu") -> SpatialEncoder:
@@ -141,24 +156,25 @@ def build_spatial(profile: Profile, device: str | torch.device = "cpu") -> Spati
     (`dinov2_vitl14_pretrain.pth`, a torch.hub model's `state_dict()`) or timm's, `.safetensors` or `.pth`; or
     timm's `<name>.lvd142m` weights resolved from the Hugging Face cache (set HF_HUB_OFFLINE=1: nothing is
     downloaded at run time). Checkpoints go through `load_dinov2_checkpoint`, so features are the hub's."""
-    import timm
-
     cfg = profile.spatial
     name = SPATIAL_VARIANTS[cfg.variant]
     kwargs = {"img_size": IMAGE_SIZE, **cfg.overrides}
     if profile.random_weights:
         torch.manual_seed(profile.seed)
         with torch.device(device):
-            backbone = timm.create_model(name, pretrained=False, **kwargs)
+            backbone = create_backbone(name, kwargs)
     else:
         if cfg.checkpoint:
             source, state = cfg.checkpoint, read_state_dict(cfg.checkpoint)
         else:
             from timm.models import get_pretrained_cfg, load_state_dict_from_hf
 
-            source = get_pretrained_cfg(f"{name}.lvd142m").hf_hub_id
+            pretrained = get_pretrained_cfg(f"{name}.lvd142m")
+            if pretrained is None or not pretrained.hf_hub_id:
+                raise CheckpointError(f"timm has no {name}.lvd142m weights to resolve")
+            source = pretrained.hf_hub_id
             state = load_state_dict_from_hf(source)
-        backbone = timm.create_model(name, pretrained=False, **kwargs)
+        backbone = create_backbone(name, kwargs)
         try:
             load_dinov2_checkpoint(backbone, state)
         except CheckpointError as exc:

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from hybrid.profiles import VLM_FEATURES, Profile, VLMConfig
 
+if TYPE_CHECKING:
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLModel
 
-def build_qwen_config(cfg: VLMConfig):
+
+def build_qwen_config(cfg: VLMConfig) -> Qwen2_5_VLConfig:
     from transformers import Qwen2_5_VLConfig
 
-    return Qwen2_5_VLConfig(text_config=dict(cfg.text), vision_config=dict(cfg.vision), **cfg.token_ids)
+    token_ids: dict[str, Any] = dict(cfg.token_ids)  # image/video/vision-marker ids, keyword arguments by name
+    return Qwen2_5_VLConfig(text_config=dict(cfg.text), vision_config=dict(cfg.vision), **token_ids)
 
 
 class VLMFeatureExtractor(nn.Module):
@@ -31,7 +35,7 @@ class VLMFeatureExtractor(nn.Module):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Qwen2_5_VLModel,
         features: str = "full_sequence",
         layer: str = "final",
         template: tuple[list[int], list[int]] = ([], []),
@@ -39,7 +43,7 @@ class VLMFeatureExtractor(nn.Module):
         super().__init__()
         self.model = model  # transformers' Qwen2_5_VLModel (vision tower + language model, no LM head)
         self.config = model.config
-        num_layers = self.config.text_config.num_hidden_layers
+        num_layers = self.config.get_text_config().num_hidden_layers
         if features not in VLM_FEATURES:
             raise ValueError(f"VLM features must be one of {', '.join(VLM_FEATURES)}, got {features!r}")
         if layer not in ("vision", "final") and not (layer.isdigit() and 0 <= int(layer) <= num_layers):
@@ -57,7 +61,7 @@ class VLMFeatureExtractor(nn.Module):
 
     @property
     def dim(self) -> int:
-        return int(self.config.text_config.hidden_size)
+        return int(self.config.get_text_config().hidden_size)
 
     def sequence_length(self, visual_tokens: int) -> int:
         """N of the output for `visual_tokens` merged visual tokens, with this extractor's template (a real
@@ -124,7 +128,9 @@ class VLMFeatureExtractor(nn.Module):
             # Without mm_token_type_ids transformers silently falls back to 1-D positions (wrong M-RoPE states).
             mm_token_type_ids = visual.int() * (2 if is_video else 1)
             grid_thw = torch.tensor([grid] * batch, device=device)
-            positions, _ = self.model.get_rope_index(
+            # transformers annotates these as the legacy LongTensor/IntTensor classes, which no tensor is.
+            get_rope_index: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self.model.get_rope_index
+            positions, _ = get_rope_index(
                 input_ids,
                 mm_token_type_ids=mm_token_type_ids,
                 image_grid_thw=None if is_video else grid_thw,
@@ -148,7 +154,8 @@ class VLMFeatureExtractor(nn.Module):
         (`hybrid.acceleration`) and the grid-only tensors are computed once per grid.
         """
         batch = pixel_values.shape[0]
-        grid = tuple(int(v) for v in grid_thw[0].tolist())
+        t, h, w = (int(v) for v in grid_thw[0].tolist())
+        grid = (t, h, w)
         flat = pixel_values.reshape(-1, pixel_values.shape[-1]).to(self.model.visual.dtype)
         visual_embeds = self.vision(flat, grid)  # [B·n, D]
         if self.layer == "vision":
