@@ -67,7 +67,7 @@ class TritonTarget:
             return [_join(host, port) for host, port in self.endpoints]
         ((host, port),) = self.endpoints
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        return sorted({_join(info[4][0], port) for info in infos})
+        return sorted({_join(str(info[4][0]), port) for info in infos})  # an address, typed str | int
 
 
 def _join(host: str, port: int) -> str:
@@ -265,7 +265,8 @@ def _is_unavailable(exc: InferenceServerException) -> bool:
 
 def map_triton_error(exc: InferenceServerException) -> ApiError:
     """INVALID_ARGUMENT → 422 (the input passed the gateway's checks but a model refused it), UNAVAILABLE → 503,
-    DEADLINE_EXCEEDED → 504, RESOURCE_EXHAUSTED → 429, anything else → 502."""
+    DEADLINE_EXCEEDED → 504, anything else → 502. (Overload is the gateway's own 429, taken before Triton sees a
+    request: no generated config sets a queue limit that would make Triton refuse one.)"""
     status = str(exc.status() or "")
     message = exc.message() or str(exc)
     if "INVALID_ARGUMENT" in status:
@@ -274,6 +275,4 @@ def map_triton_error(exc: InferenceServerException) -> ApiError:
         return ApiError(503, "triton_unavailable", f"Triton is not reachable: {message}", {"Retry-After": "5"})
     if "DEADLINE_EXCEEDED" in status:
         return ApiError(504, "triton_timeout", "Triton did not answer within the request timeout")
-    if "RESOURCE_EXHAUSTED" in status:
-        return ApiError(429, "triton_overloaded", message, {"Retry-After": "1"})
     return ApiError(502, "inference_failed", message)

@@ -34,7 +34,6 @@ def test_settings_reject_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
         ("StatusCode.INVALID_ARGUMENT", 422, "rejected_by_model"),
         ("StatusCode.UNAVAILABLE", 503, "triton_unavailable"),
         ("StatusCode.DEADLINE_EXCEEDED", 504, "triton_timeout"),
-        ("StatusCode.RESOURCE_EXHAUSTED", 429, "triton_overloaded"),
         ("StatusCode.INTERNAL", 502, "inference_failed"),
     ],
 )
