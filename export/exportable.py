@@ -30,12 +30,13 @@ from hybrid.contracts import (
     ModelSpec,
     model_specs,
 )
+from hybrid.media import MediaLimits
 from hybrid.profiles import Profile
 
 EXPORTED_MODELS: tuple[str, ...] = ("spatial_encoder", "fusion", "vlm_adapter", "spatial_adapter")
 """The composing models that become ONNX/TensorRT artifacts; the others stay Python-backend torch models."""
 
-DEFAULT_MAX_FRAMES = 16
+DEFAULT_MAX_FRAMES = MediaLimits().max_frames
 """The gateway's default HYBRID_MAX_INPUT_FRAMES: the largest frame count the TensorRT profiles are built for."""
 
 VLM_TOKENS_PER_FRAME_PAIR = 64

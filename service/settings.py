@@ -13,10 +13,13 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hybrid.media import MediaLimits
+from hybrid.profiles import DecoderConfig
 from service.triton_client import parse_target
 from service.verdict import BUDGET
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_MEDIA = MediaLimits()
+_DECODER = DecoderConfig()
 
 
 class Settings(BaseSettings):
@@ -48,13 +51,14 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(300.0, gt=0)
     max_in_flight: int = Field(8, ge=1)
     retry_after_s: int = Field(1, ge=1)
-    max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1)
-    max_pixels: int = Field(4096 * 4096, ge=1)
-    max_input_frames: int = Field(16, ge=1)
-    max_output_frames: int = Field(33, ge=1)
-    max_steps: int = Field(50, ge=1)
+    # Defaults are the models' own limits, defined once: MediaLimits (inputs) and DecoderConfig (outputs).
+    max_upload_bytes: int = Field(_MEDIA.max_bytes, ge=1)
+    max_pixels: int = Field(_MEDIA.max_pixels, ge=1)
+    max_input_frames: int = Field(_MEDIA.max_frames, ge=1)
+    max_output_frames: int = Field(_DECODER.max_frames, ge=1)
+    max_steps: int = Field(_DECODER.max_steps, ge=1)
     # Hardening (README "Limits and failure behaviour").
-    max_total_pixels: int = Field(16 * 4096 * 4096, ge=1)  # decoded pixels over all frames of one upload (413)
+    max_total_pixels: int = Field(_MEDIA.max_total_pixels, ge=1)  # decoded pixels over all frames of one upload (413)
     decode_workers: int = Field(2, ge=1)  # uploads decoded at once, each holding about one full-size frame
     client_timeout_s: float = Field(30.0, gt=0)  # silence allowed while a client sends its headers or body (408)
     upload_timeout_s: float = Field(120.0, gt=0)  # the whole upload, however it trickles in (408)
