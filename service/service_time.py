@@ -115,7 +115,9 @@ def parse_statistics(payload: Mapping[str, Any]) -> dict[str, ModelCounters]:
         if name not in SPECS:
             continue
         stats = model.get("inference_stats", {})
-        batch1 = next((b for b in model.get("batch_stats", []) if int(b.get("batch_size", 0)) == 1), {})
+        batch1: Mapping[str, Any] = next(
+            (b for b in model.get("batch_stats", []) if int(b.get("batch_size", 0)) == 1), {}
+        )
         found = ModelCounters(
             executions=_count(batch1.get("compute_infer", {})),
             service_ns=sum(_ns(batch1.get(phase, {})) for phase in COMPUTE_PHASES),

@@ -16,13 +16,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from enum import Enum
+from typing import Final, overload
 
 import numpy as np
 
 BUDGET = 0.25
 """The seed's E-P2.6 question: does adding DINOv2 + fusion keep the latency within 25% of the VLM-only pipeline?"""
 
-QUANTILE_METHOD = "linear"
+QUANTILE_METHOD: Final = "linear"
 
 
 class Verdict(str, Enum):
@@ -32,6 +33,10 @@ class Verdict(str, Enum):
     INSUFFICIENT = "insufficient_samples"  # nothing to compare yet
 
 
+@overload
+def quantile(values: Sequence[float] | np.ndarray, q: float, axis: None = None) -> float: ...
+@overload
+def quantile(values: Sequence[float] | np.ndarray, q: float, axis: int) -> np.ndarray: ...
 def quantile(values: Sequence[float] | np.ndarray, q: float, axis: int | None = None) -> float | np.ndarray:
     """`numpy.quantile` with the project's one method; NaN for no values. With `axis`, an array of quantiles."""
     array = np.asarray(values, dtype=float)

@@ -31,9 +31,11 @@ from service.dependencies import (
 from service.errors import ApiError, error_responses
 from service.settings import Settings
 
-# Query-parameter enums built from the contracts, so the API and the models cannot disagree on the choices.
-Pipeline = Enum("Pipeline", {p: p for p in PIPELINES}, type=str)
-OutputFormat = Enum("OutputFormat", {f: f for f in OUTPUT_FORMATS}, type=str)
+# Query-parameter enums built from the contracts, so the API and the models cannot disagree on the choices. A type
+# checker cannot list members made at run time: members are looked up by value, `Pipeline("hybrid")`.
+Pipeline = Enum("Pipeline", {p: p for p in PIPELINES}, type=str)  # type: ignore[misc]
+OutputFormat = Enum("OutputFormat", {f: f for f in OUTPUT_FORMATS}, type=str)  # type: ignore[misc]
+DEFAULT_PIPELINE = Pipeline("hybrid")
 
 INPUTS = "PNG, JPEG or WebP image; animated GIF, WebP or PNG, MP4 or WebM video"
 UPLOAD_BODY: dict[str, Any] = {
@@ -120,7 +122,7 @@ def inference_router(settings: Settings) -> APIRouter:
         request: Request,
         gateway: GatewayDep,
         pipeline: Annotated[Pipeline, Query(description="hybrid, vlm (baseline) or spatial (baseline)")] = (
-            Pipeline.hybrid
+            DEFAULT_PIPELINE
         ),
         frames: Annotated[
             int | None,
@@ -149,14 +151,14 @@ def inference_router(settings: Settings) -> APIRouter:
             raise bad_parameter(gateway, f"frames: LTX-Video decodes 8k+1 frames (1, 9, 17, …), got {frames}")
         if frames is not None and frames > limits.max_output_frames:
             raise bad_parameter(gateway, f"frames: at most {limits.max_output_frames}, got {frames}")
-        if frames is not None and frames > 1 and format is OutputFormat.png:
+        if frames is not None and frames > 1 and format is OutputFormat("png"):
             raise bad_parameter(gateway, "format: png holds one frame; ask for webp, gif, mp4 or npz")
         since = time.perf_counter()
         upload = await receive_upload(request, gateway)
         timer.add("decode", since)
         if frames is None:
             frames = min(round_up_frames(upload.num_frames), limits.max_output_frames)
-        fmt = (format or (OutputFormat.png if frames == 1 else OutputFormat.webp)).value
+        fmt = (format or (OutputFormat("png") if frames == 1 else OutputFormat("webp"))).value
         if frames > 1 and fmt in SINGLE_FRAME_FORMATS:
             raise bad_parameter(gateway, "format: png holds one frame; ask for webp, gif, mp4 or npz")
         inputs: dict[str, np.ndarray] = {
@@ -198,7 +200,7 @@ def inference_router(settings: Settings) -> APIRouter:
         request: Request,
         gateway: GatewayDep,
         pipeline: Annotated[Pipeline, Query(description="hybrid, vlm (baseline) or spatial (baseline)")] = (
-            Pipeline.hybrid
+            DEFAULT_PIPELINE
         ),
         _triton: Annotated[None, Depends(require_triton)] = None,
         _slot: Annotated[None, Depends(admit)] = None,
