@@ -1,379 +1,195 @@
-"""Turn Locust's stats CSV into the E-P2.6 verdict: is hybrid's latency overhead over vlm within budget?
+"""The E-P2.6 load-test verdict: is hybrid's latency overhead over vlm within budget under load?
 
-Pure functions over CSV rows, so recorded CSVs can be judged without a gateway (and re-judged with a
-different budget after the fact via ``python -m loadtest verdict DIR``).
-
-Rules
------
-* A pipeline's numbers come from the row whose name is ``<endpoint>:<pipeline>`` (see
-  :func:`loadtest.config.request_name`); Locust's ``50%``/``95%``/``99%`` columns give the percentiles.
-* ``overhead_pX = hybrid_pX / vlm_pX - 1`` for X in 50 and 95, judged against the budget by
-  :mod:`service.verdict` (the one E-P2.6 definition the gateway and the paired benchmark use too).
-* **pass** iff both overheads are within the budget, every pipeline's failure ratio <= the bound and the whole run's
-  (Locust's ``Aggregated`` row) too.  Percentiles include failed requests, so the failure bound is what keeps
-  fast 429s from making an overloaded pipeline look quick.
-* **inconclusive** (exit 2, like a usage error) when hybrid or vlm has fewer than ``min_requests`` samples
-  or vlm's percentile is 0: there is nothing to compare, and a CI job must not read that as a regression
-  (exit 1) nor as a pass (exit 0).
+The locustfile judges Locust's own numbers at `quitting` (:func:`row` of each `<endpoint>:<pipeline>` StatsEntry);
+`python -m loadtest verdict DIR` judges a run's verdict.json again, e.g. with another budget. The overhead
+(hybrid / vlm − 1, at p50 and at p95) and its verdict against the budget are `service.verdict`'s, the one definition
+the gateway and the paired benchmark use too. **pass** (exit 0) iff both are within the budget and every pipeline's
+failure ratio, and the whole run's, within the bound (percentiles include failed requests: the bound keeps fast 429s
+from making a pipeline look quick); **fail** (exit 1) otherwise; **inconclusive** (exit 2) when hybrid or vlm has
+fewer than `min_requests` samples or no ratio exists, which must read neither as a regression nor as a pass.
+No locust import here: it monkey-patches the standard library with gevent.
 """
 
 from __future__ import annotations
 
-import csv
+import argparse
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadtest.config import PIPELINES
-from service.verdict import Verdict as BudgetVerdict
-from service.verdict import judge, overhead_ratio
+from hybrid.contracts import PIPELINES
+from service.verdict import Verdict, overhead_ratio
+from service.verdict import judge as judge_ratio
 
-PERCENTILE_COLUMNS: dict[str, str] = {"p50": "50%", "p95": "95%", "p99": "99%"}
-REQUIRED_COLUMNS: tuple[str, ...] = (
-    "Type",
-    "Name",
-    "Request Count",
-    "Failure Count",
-    "Requests/s",
-    *PERCENTILE_COLUMNS.values(),
-)
-AGGREGATED = "Aggregated"
-
-EXIT_PASS = 0
-EXIT_FAIL = 1
-EXIT_ERROR = 2
+PERCENTILES: dict[str, float] = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
+EXIT_CODES: dict[str, int] = {"pass": 0, "fail": 1, "inconclusive": 2}
+THRESHOLDS = ("budget", "max_failure_ratio", "min_requests", "p95_bound_ms")
 
 
-class StatsFormatError(ValueError):
-    """The file is not a Locust requests-stats CSV (``<prefix>_stats.csv``)."""
+Row = dict[str, Any]
+"""One request name's numbers as Locust computes them: requests, failures, fail_ratio, rps, p50, p95, p99 (ms)."""
 
 
-@dataclass(frozen=True)
-class PipelineStats:
-    """Whole-run numbers of one request name; latencies in milliseconds, ``None`` when Locust wrote N/A."""
-
-    name: str
-    requests: int
-    failures: int
-    rps: float
-    p50: float | None
-    p95: float | None
-    p99: float | None
-
-    @property
-    def failure_ratio(self) -> float:
-        return self.failures / self.requests if self.requests else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "failure_ratio": self.failure_ratio}
+def row(entry: Any, seconds: float | None = None) -> Row:
+    """A Locust `StatsEntry` as a :data:`Row`; `seconds` gives the rate over a step instead of the whole run."""
+    n = entry.num_requests
+    quantiles = {k: float(entry.get_response_time_percentile(q)) if n else None for k, q in PERCENTILES.items()}
+    rate = n / seconds if seconds else entry.total_rps
+    return {"requests": n, "failures": entry.num_failures, "fail_ratio": entry.fail_ratio, "rps": rate, **quantiles}
 
 
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
+def _ratio(pipelines: Mapping[str, Row], key: str) -> float | None:
+    value = overhead_ratio(pipelines.get("hybrid", {}).get(key), pipelines.get("vlm", {}).get(key))
+    return None if math.isnan(value) else value
 
 
-@dataclass
-class Verdict:
-    status: str  # "pass" | "fail" | "inconclusive"
-    budget: float
-    max_failure_ratio: float
-    endpoint: str
-    pipelines: dict[str, PipelineStats]
-    total: PipelineStats | None
-    overhead: dict[str, float | None]
-    checks: list[Check]
-    reasons: list[str]
-    steps: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def exit_code(self) -> int:
-        return {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(self.status, EXIT_ERROR)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "verdict": self.status,
-            "exit_code": self.exit_code,
-            "budget": self.budget,
-            "max_failure_ratio": self.max_failure_ratio,
-            "endpoint": self.endpoint,
-            "pipelines": {k: v.to_dict() for k, v in self.pipelines.items()},
-            "total": None if self.total is None else self.total.to_dict(),
-            "overhead": self.overhead,
-            "checks": [asdict(c) for c in self.checks],
-            "reasons": self.reasons,
-            "steps": self.steps,
-            **self.extra,
-        }
-
-
-def read_stats_csv(path: str | Path) -> list[dict[str, str]]:
-    """Rows of a Locust ``*_stats.csv``; raises :class:`StatsFormatError` if the header is not Locust's."""
-    return read_checked_csv(path, REQUIRED_COLUMNS, "Locust stats CSV")
-
-
-def read_checked_csv(path: str | Path, required: Sequence[str], kind: str) -> list[dict[str, str]]:
-    """Rows of a CSV that must have the `required` columns; raises :class:`StatsFormatError` otherwise."""
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            missing = [c for c in required if c not in (reader.fieldnames or [])]
-            if missing:
-                raise StatsFormatError(f"{path}: not a {kind}, missing columns {missing}")
-            return list(reader)
-    except FileNotFoundError:
-        raise StatsFormatError(f"{path}: no such file") from None
-
-
-def csv_number(text: str | None) -> float | None:
-    """A Locust CSV cell as a number; None for an empty or "N/A" cell."""
-    if text is None or text.strip() in ("", "N/A"):
-        return None
-    return float(text)
-
-
-def row_stats(row: Mapping[str, str]) -> PipelineStats:
-    return PipelineStats(
-        name=row["Name"],
-        requests=int(row["Request Count"]),
-        failures=int(row["Failure Count"]),
-        rps=float(row["Requests/s"] or 0.0),
-        **{key: csv_number(row[col]) for key, col in PERCENTILE_COLUMNS.items()},
-    )
-
-
-def _merge(a: PipelineStats, b: PipelineStats) -> PipelineStats:
-    """Two rows for one name (different HTTP methods): add counts, keep the worse percentile."""
-
-    def worse(x: float | None, y: float | None) -> float | None:
-        return y if x is None else x if y is None else max(x, y)
-
-    return PipelineStats(
-        a.name,
-        a.requests + b.requests,
-        a.failures + b.failures,
-        a.rps + b.rps,
-        worse(a.p50, b.p50),
-        worse(a.p95, b.p95),
-        worse(a.p99, b.p99),
-    )
-
-
-def pipeline_stats(rows: Sequence[Mapping[str, str]], endpoint: str = "reconstruct") -> dict[str, PipelineStats]:
-    """Per-pipeline stats for ``endpoint``, in :data:`PIPELINES` order (unknown pipelines after)."""
-    prefix = f"{endpoint}:"
-    found: dict[str, PipelineStats] = {}
-    for row in rows:
-        name = row["Name"]
-        if name == AGGREGATED or not name.startswith(prefix):
-            continue
-        pipeline = name[len(prefix) :]
-        stats = row_stats(row)
-        found[pipeline] = _merge(found[pipeline], stats) if pipeline in found else stats
-    order = [p for p in PIPELINES if p in found] + sorted(p for p in found if p not in PIPELINES)
-    return {p: found[p] for p in order}
-
-
-def aggregated_stats(rows: Sequence[Mapping[str, str]]) -> PipelineStats | None:
-    for row in rows:
-        if row["Name"] == AGGREGATED and not row["Type"]:
-            return row_stats(row)
-    return None
-
-
-def overhead(hybrid: float | None, vlm: float | None) -> float | None:
-    """``hybrid / vlm - 1`` (:func:`service.verdict.overhead_ratio`); ``None`` when there is no meaningful ratio."""
-    ratio = overhead_ratio(hybrid, vlm)
-    return None if math.isnan(ratio) else ratio
-
-
-def compute_verdict(
-    rows: Sequence[Mapping[str, str]],
-    budget: float = 0.25,
-    max_failure_ratio: float = 0.01,
-    endpoint: str = "reconstruct",
-    min_requests: int = 1,
-    steps: dict[str, Any] | None = None,
-) -> Verdict:
-    """Judge one run; see the module docstring for the rules."""
-    pipes = pipeline_stats(rows, endpoint)
-    total = aggregated_stats(rows)
-    reasons: list[str] = []
-    checks: list[Check] = []
-
-    for needed in ("hybrid", "vlm"):
-        got = pipes[needed].requests if needed in pipes else 0
-        if got < min_requests:
-            reasons.append(f"{endpoint}:{needed} has {got} requests (need >= {min_requests})")
-    hybrid, vlm = pipes.get("hybrid"), pipes.get("vlm")
-    ratios: dict[str, float | None] = {
-        key: overhead(getattr(hybrid, key, None), getattr(vlm, key, None)) for key in ("p50", "p95")
+def capacity(steps: list[dict[str, Any]], p95_bound_ms: float, max_failure_ratio: float) -> dict[str, Any]:
+    """Per step: p95 overhead and whether every pipeline kept p95 and failures within bounds; the best such rate."""
+    for step in steps:
+        pipes: dict[str, Row] = step["pipelines"]
+        step["overhead_p95"] = _ratio(pipes, "p95")
+        step["ok"] = bool(pipes) and all(
+            r["requests"] and r["p95"] is not None and r["p95"] <= p95_bound_ms and r["fail_ratio"] <= max_failure_ratio
+            for r in pipes.values()
+        )
+    best = max((s for s in steps if s["ok"]), key=lambda s: s["rps"], default=None)
+    return {
+        "p95_bound_ms": p95_bound_ms,
+        "steps": steps,
+        "best": best and {k: best[k] for k in ("step", "users", "rps")},
     }
+
+
+def judge(
+    measured: Mapping[str, Any],
+    budget: float,
+    max_failure_ratio: float,
+    min_requests: int = 1,
+    p95_bound_ms: float = 2000.0,
+) -> dict[str, Any]:
+    """The verdict of one run's numbers: `measured` holds `endpoint`, `pipelines`, `total` and `steps` (or None)."""
+    endpoint, pipes, total = measured["endpoint"], measured["pipelines"], measured["total"]
+    reasons = [
+        f"{endpoint}:{p} has {n} requests (need >= {min_requests})"
+        for p in ("hybrid", "vlm")
+        if (n := pipes.get(p, {}).get("requests", 0)) < min_requests
+    ]
+    overhead = {key: _ratio(pipes, key) for key in ("p50", "p95")}
     if not reasons:
-        for key, value in ratios.items():
-            if value is None:
-                reasons.append(
-                    f"overhead at {key} is undefined (hybrid {key}={getattr(hybrid, key)}, "
-                    f"vlm {key}={getattr(vlm, key)})"
-                )
-
-    for key, value in ratios.items():
-        if value is not None:
-            ok = judge(value, budget) is BudgetVerdict.WITHIN
-            checks.append(Check(f"overhead_{key}", ok, f"{value:+.1%} vs budget {budget:.0%}"))
-    counted = [(f"failures_{p}", s) for p, s in pipes.items()]
-    if total is not None:
-        counted.append(("failures_total", total))
-    for check_name, s in counted:
-        detail = f"{s.failures}/{s.requests} = {s.failure_ratio:.2%} vs bound {max_failure_ratio:.2%}"
-        checks.append(Check(check_name, s.failure_ratio <= max_failure_ratio, detail))
-
-    if reasons:
-        status = "inconclusive"
-    elif all(c.ok for c in checks):
-        status = "pass"
-    else:
-        status = "fail"
-        reasons.extend(f"{c.name}: {c.detail}" for c in checks if not c.ok)
-    return Verdict(status, budget, max_failure_ratio, endpoint, pipes, total, ratios, checks, reasons, steps)
-
-
-# --- rendering ----------------------------------------------------------------------------------------
+        reasons = [f"no overhead at {key}: vlm's {key} is not positive" for key, v in overhead.items() if v is None]
+    checks = {
+        f"overhead_{key}": (judge_ratio(v, budget) is Verdict.WITHIN, f"{v:+.1%} vs budget {budget:.0%}")
+        for key, v in overhead.items()
+        if v is not None
+    }
+    for name, r in [*pipes.items(), ("total", total)]:
+        detail = f"{r['failures']}/{r['requests']} = {r['fail_ratio']:.2%} vs bound {max_failure_ratio:.2%}"
+        checks[f"failures_{name}"] = (r["fail_ratio"] <= max_failure_ratio, detail)
+    failed = [f"{name}: {detail}" for name, (ok, detail) in checks.items() if not ok]
+    status = "inconclusive" if reasons else "fail" if failed else "pass"
+    steps = measured.get("steps")
+    return {
+        "verdict": status,
+        "exit_code": EXIT_CODES[status],
+        "budget": budget,
+        "max_failure_ratio": max_failure_ratio,
+        "min_requests": min_requests,
+        "p95_bound_ms": p95_bound_ms,
+        "endpoint": endpoint,
+        "pipelines": {p: pipes[p] for p in PIPELINES if p in pipes},
+        "total": total,
+        "overhead": overhead,
+        "checks": checks,
+        "reasons": reasons or failed,
+        "steps": None if steps is None else capacity(steps, p95_bound_ms, max_failure_ratio),
+    }
 
 
 def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f}"
 
 
-def _pct(value: float | None, signed: bool = True) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:+.1%}" if signed else f"{value:.2%}"
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1%}"
 
 
-def _table_rows(verdict: Verdict) -> list[list[str]]:
-    rows = []
-    items = list(verdict.pipelines.items())
-    if verdict.total is not None:
-        items.append(("(all)", verdict.total))
-    for name, s in items:
-        rows.append(
-            [
-                name,
-                str(s.requests),
-                str(s.failures),
-                _pct(s.failure_ratio, signed=False),
-                f"{s.rps:.2f}",
-                _ms(s.p50),
-                _ms(s.p95),
-                _ms(s.p99),
-            ]
-        )
-    return rows
-
-
-TABLE_HEADER = ["pipeline", "requests", "failures", "fail %", "req/s", "p50 ms", "p95 ms", "p99 ms"]
-
-
-def render_text(verdict: Verdict) -> str:
-    """The table printed at the end of ``make loadtest``."""
-    rows = [TABLE_HEADER, *_table_rows(verdict)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_HEADER))]
+def _aligned(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows as columns: the first left-aligned, the others right-aligned, a rule under the header."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [
-        f"E-P2.6 load-test verdict: {verdict.status.upper()}   "
-        f"(budget {verdict.budget:.0%} hybrid over vlm, failure bound {verdict.max_failure_ratio:.2%}, "
-        f"endpoint /{verdict.endpoint})",
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in rows
+    ]
+    return [lines[0], "  ".join("-" * w for w in widths), *lines[1:]]
+
+
+def render_text(v: Mapping[str, Any]) -> str:
+    """The table printed at the end of a run (and by `python -m loadtest verdict`)."""
+    header = ["pipeline", "requests", "failures", "fail %", "req/s", "p50 ms", "p95 ms", "p99 ms"]
+    table = [
+        [name, str(r["requests"]), str(r["failures"]), f"{r['fail_ratio']:.2%}", f"{r['rps']:.2f}"]
+        + [_ms(r[k]) for k in PERCENTILES]
+        for name, r in [*v["pipelines"].items(), ("(all)", v["total"])]
+    ]
+    lines = [
+        f"E-P2.6 load-test verdict: {v['verdict'].upper()}   (budget {v['budget']:.0%} hybrid over vlm, "
+        f"failure bound {v['max_failure_ratio']:.2%}, endpoint /{v['endpoint']})",
+        "",
+        *_aligned([header, *table]),
         "",
     ]
-    for i, r in enumerate(rows):
-        lines.append(
-            "  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths, strict=True)))
-        )
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    lines.append("")
-    for key in ("p50", "p95"):
-        value = verdict.overhead.get(key)
-        mark = "n/a" if value is None else ("ok" if value <= verdict.budget else "OVER BUDGET")
+    for key, value in v["overhead"].items():
+        mark = "n/a" if value is None else ("ok" if value <= v["budget"] else "OVER BUDGET")
         lines.append(f"overhead hybrid/vlm at {key}: {_pct(value)}  [{mark}]")
-    lines.extend(_render_steps_text(verdict.steps))
-    if verdict.reasons:
-        lines.append("")
-        lines.extend(f"- {r}" for r in verdict.reasons)
+    if steps := v["steps"]:
+        lines += ["", f"step load (p95 bound {steps['p95_bound_ms']:.0f} ms):"]
+        for s in steps["steps"]:
+            p95s = ", ".join(f"{p} {_ms(r['p95'])}" for p, r in s["pipelines"].items())
+            lines.append(
+                f"  step {s['step']}: {s['users']} users, {s['rps']:.2f} req/s, p95 ms: {p95s}, "
+                f"overhead p95 {_pct(s['overhead_p95'])}  [{'ok' if s['ok'] else 'over'}]"
+            )
+        best, bound = steps["best"], steps["p95_bound_ms"]
+        lines.append(
+            f"  highest rate with p95 <= {bound:.0f} ms: {best['rps']:.2f} req/s "
+            f"(step {best['step']}, {best['users']} users)"
+            if best
+            else "  no step kept p95 under the bound"
+        )
+    if v["reasons"]:
+        lines += ["", *(f"- {r}" for r in v["reasons"])]
     return "\n".join(lines)
 
 
-def _render_steps_text(steps: dict[str, Any] | None) -> list[str]:
-    if not steps:
-        return []
-    lines = ["", f"step load (p95 bound {steps['p95_bound_ms']:.0f} ms):"]
-    for s in steps["steps"]:
-        p95s = ", ".join(f"{p} {_ms(v['p95'])}" for p, v in s["pipelines"].items())
-        lines.append(
-            f"  step {s['step']}: {s['users']} users, {s['rps']:.2f} req/s, p95 ms: {p95s}, "
-            f"overhead p95 {_pct(s['overhead_p95'])}  [{'ok' if s['ok'] else 'over'}]"
-        )
-    if steps["max_rps_under_bound"] is None:
-        lines.append("  no step kept p95 under the bound")
-    else:
-        bound, best = steps["p95_bound_ms"], steps["max_rps_under_bound"]
-        lines.append(
-            f"  highest rate with p95 <= {bound:.0f} ms: {best:.2f} req/s "
-            f"(step {steps['best_step']}, {steps['users_at_best']} users)"
-        )
-    return lines
-
-
-def render_markdown(verdict: Verdict) -> str:
-    """``verdict.md``: the same content as :func:`render_text`, pasteable into a lab note or PR."""
-    lines = [
-        f"# Load-test verdict: **{verdict.status.upper()}**",
-        "",
-        f"Budget: hybrid over vlm <= {verdict.budget:.0%} at p50 and p95; failure ratio <= "
-        f"{verdict.max_failure_ratio:.2%}; endpoint `/{verdict.endpoint}`.",
-        "",
-        "| " + " | ".join(TABLE_HEADER) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(TABLE_HEADER) - 1)) + "|",
-    ]
-    lines.extend("| " + " | ".join(r) + " |" for r in _table_rows(verdict))
-    lines.append("")
-    for key in ("p50", "p95"):
-        value = verdict.overhead.get(key)
-        mark = "n/a" if value is None else ("ok" if value <= verdict.budget else "**over budget**")
-        lines.append(f"- overhead hybrid/vlm at {key}: {_pct(value)} ({mark})")
-    if verdict.steps:
-        steps = verdict.steps
-        lines += [
-            "",
-            f"## Step load (p95 bound {steps['p95_bound_ms']:.0f} ms)",
-            "",
-            "| step | users | req/s | p95 ms per pipeline | overhead p95 | ok |",
-            "|---:|---:|---:|---|---:|---|",
-        ]
-        for s in steps["steps"]:
-            p95s = ", ".join(f"{p} {_ms(v['p95'])}" for p, v in s["pipelines"].items())
-            lines.append(
-                f"| {s['step']} | {s['users']} | {s['rps']:.2f} | {p95s} | {_pct(s['overhead_p95'])} | "
-                f"{'yes' if s['ok'] else 'no'} |"
-            )
-        best = steps["max_rps_under_bound"]
-        lines += ["", "Highest rate under the bound: " + ("none" if best is None else f"{best:.2f} req/s")]
-    if verdict.reasons:
-        lines += ["", "## Reasons", ""] + [f"- {r}" for r in verdict.reasons]
-    return "\n".join(lines) + "\n"
-
-
-def write_reports(verdict: Verdict, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``verdict.json`` and ``verdict.md`` into ``out_dir``; returns their paths."""
-    out = Path(out_dir)
+def write_reports(v: Mapping[str, Any], out: Path) -> None:
+    """verdict.json (every number behind the verdict and the run's parameters) and verdict.md (for lab notes, PRs)."""
     out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out / "verdict.json", out / "verdict.md"
-    json_path.write_text(json.dumps(verdict.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    md_path.write_text(render_markdown(verdict), encoding="utf-8")
-    return json_path, md_path
+    (out / "verdict.json").write_text(json.dumps(v, indent=2) + "\n", encoding="utf-8")
+    md = f"# Load-test verdict: **{v['verdict'].upper()}**\n\n```\n{render_text(v)}\n```\n"
+    (out / "verdict.md").write_text(md, encoding="utf-8")
+
+
+def main(argv: Sequence[str]) -> int:
+    """`python -m loadtest verdict DIR`: judge a recorded run again, with the thresholds it had unless given."""
+    parser = argparse.ArgumentParser(prog="python -m loadtest verdict", description=main.__doc__)
+    parser.add_argument("path", type=Path, help="a run directory (or its verdict.json)")
+    parser.add_argument("--budget", type=float, help="max overhead of hybrid over vlm at p50 and p95")
+    parser.add_argument("--max-failure-ratio", type=float, help="max failed/total per pipeline and overall")
+    parser.add_argument("--min-requests", type=int, help="fewer hybrid or vlm samples: inconclusive")
+    parser.add_argument("--p95-bound-ms", type=float, help="p95 bound of the step-load capacity line")
+    parser.add_argument("--write", action="store_true", help="rewrite verdict.json and verdict.md")
+    args = parser.parse_args(argv)
+    path: Path = args.path / "verdict.json" if args.path.is_dir() else args.path
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        given = {k: getattr(args, k) for k in THRESHOLDS}
+        thresholds = {k: old[k] if value is None else value for k, value in given.items()}
+        new = judge({**old, "steps": old["steps"] and old["steps"]["steps"]}, **thresholds)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        parser.exit(2, f"loadtest verdict: error: {path}: not a recorded verdict ({exc!r})\n")
+    print(render_text(new))
+    if args.write:
+        write_reports({**old, **new}, path.parent)
+    return int(new["exit_code"])
