@@ -31,9 +31,10 @@ export: venv
 up: venv
 	$(PY) -m service $(if $(wildcard build/model_repository/spatial_encoder/1/model.onnx),--model-repository build/model_repository) $(ARGS)
 
-## Lint, then every test (unit and integration: the integration tests start the real stack on loopback).
+## Lint, type-check, then every test (unit and integration: the integration tests start the real stack on loopback).
 test: venv system-deps
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest -q -ra $(ARGS)
 
 lint: venv
