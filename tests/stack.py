@@ -93,6 +93,21 @@ def _wait_ready(process: subprocess.Popen, url: str, log_path: Path, deadline: f
         time.sleep(0.2)
 
 
-def tritonserver_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "bin/tritonserver"], capture_output=True, text=True).stdout
+def tritonserver_pids(parent: int | None = None) -> set[int]:
+    """tritonserver processes: the children of `parent` (one gateway's own server), or every one on the machine."""
+    scope = ["-P", str(parent)] if parent is not None else []
+    out = subprocess.run(["pgrep", *scope, "-f", "bin/tritonserver"], capture_output=True, text=True).stdout
     return {int(p) for p in out.split()}
+
+
+def alive(pids: set[int]) -> set[int]:
+    """Those of `pids` that still run (a reaped or vanished process is gone; a zombie counts as gone too)."""
+    running = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, IndexError):
+            continue
+        if state != "Z":
+            running.add(pid)
+    return running
