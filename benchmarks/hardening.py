@@ -6,7 +6,7 @@ Starts `python -m service` with its defaults (as `make up` does) on free loopbac
 1. four concurrent 16×4096² GIFs to /reconstruct: every answer's time, the gateway's peak memory gain
    (VmHWM), the whole stack's peak resident memory over its level before (sampled every 50 ms), and what the
    gateway still holds 5 s later;
-2. the hostile-media corpus (tests/hostile_media.py): every status, no 5xx;
+2. the hostile-media corpus (tests/hostile_samples.py): every status, no 5xx;
 3. a flood of 64 concurrent requests: only 200/429, and the gateway's own time for a 429;
 4. a chunked upload of zeros with no Content-Length: bytes sent before the 413;
 5. a client that connects and stays silent: seconds until the gateway drops it (default 30 s limit);
@@ -32,10 +32,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.procmem import PeakMemory, tree_rss_bytes
-from service.embedded_triton import process_group
-from tests import hostile_media, media_samples
-from tests.hardening_probes import (
+from benchmarks.hardening_probes import (
     MiB,
     PeakGain,
     chunked_upload_until_refused,
@@ -45,7 +42,10 @@ from tests.hardening_probes import (
     tritonserver_of,
     work_directories,
 )
-from tests.stack import Stack, running_stack
+from benchmarks.procmem import PeakMemory, tree_rss_bytes
+from hybrid import hostile_samples, samples
+from service.embedded_triton import process_group
+from service.local_stack import Stack, running_stack
 
 TARGETS = {
     "burst_gateway_gain_mib": 800,
@@ -70,7 +70,7 @@ def gateway_ms(reply: httpx.Response) -> float:
 
 
 def burst(stack: Stack) -> dict:
-    gif = hostile_media.gif_bomb()
+    gif = hostile_samples.gif_bomb()
     gateway = stack.process.pid
     baseline_tree, baseline_gateway = tree_rss_bytes(gateway), status_bytes(gateway, "VmRSS")
 
@@ -101,7 +101,7 @@ def burst(stack: Stack) -> dict:
 def corpus(stack: Stack) -> dict:
     results = {}
     with httpx.Client(timeout=300) as client:
-        for entry in hostile_media.CORPUS:
+        for entry in hostile_samples.CORPUS:
             data = entry.make()
             start = time.perf_counter()
             reply = post(client, stack.gateway_url, data)
@@ -124,7 +124,7 @@ def flood(stack: Stack) -> dict:
     async def sixty_four() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=64)) as client:
             return await asyncio.gather(
-                *(post(client, stack.gateway_url, media_samples.png(seed=i), frames=17, steps=6) for i in range(64))
+                *(post(client, stack.gateway_url, samples.png(seed=i), frames=17, steps=6) for i in range(64))
             )
 
     replies = asyncio.run(sixty_four())
@@ -179,7 +179,7 @@ def kill_triton(stack: Stack) -> dict:
         time.sleep(0.01)
     to_503 = time.monotonic() - killed
     with httpx.Client(timeout=30) as client:
-        refused = post(client, url, media_samples.png())
+        refused = post(client, url, samples.png())
     while httpx.get(f"{url}/readyz", timeout=5).status_code != 200:
         if time.monotonic() - killed > 600:
             break
@@ -187,7 +187,7 @@ def kill_triton(stack: Stack) -> dict:
     ready_again = time.monotonic() - killed
     restarted = tritonserver_of(gateway)
     with httpx.Client(timeout=60) as client:
-        after = post(client, url, media_samples.png())
+        after = post(client, url, samples.png())
     return {
         "killed_to_readyz_503_s": round(to_503, 3),
         "reconstruct_while_down": [refused.status_code, refused.json()["error"]["code"]],
@@ -208,7 +208,7 @@ def sigterm(stack: Stack) -> dict:
     async def drain() -> list[int]:
         async with httpx.AsyncClient(timeout=300) as client:
             tasks = [
-                asyncio.create_task(post(client, url, media_samples.png(seed=i), frames=33, steps=20, format="npz"))
+                asyncio.create_task(post(client, url, samples.png(seed=i), frames=33, steps=20, format="npz"))
                 for i in range(4)
             ]
             await asyncio.sleep(0.5)

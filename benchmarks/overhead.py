@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from hybrid import samples
 from hybrid.contracts import PIPELINES
-from hybrid.media import encode_frames
 from service.service_time import STAGES
 from service.verdict import BUDGET, judge, overhead_ratio, quantile
 
@@ -31,16 +31,8 @@ ENDPOINTS = ("reconstruct", "encode")
 
 
 def make_inputs(count: int, size: int, seed: int) -> list[bytes]:
-    """Deterministic smooth-noise PNGs: the same bytes go to every pipeline of a pair."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size]
-    images = []
-    for _ in range(count):
-        phase = rng.uniform(0, 255, 3)
-        base = np.stack([(x + phase[0]) % 256, (y + phase[1]) % 256, (x + y + phase[2]) % 256], -1)
-        noisy = np.clip(base + rng.normal(0, 16, base.shape), 0, 255).astype(np.uint8)
-        images.append(encode_frames(noisy[None], "png"))
-    return images
+    """Deterministic PNGs (`hybrid.samples`): the same bytes go to every pipeline of a pair."""
+    return samples.pngs(count, size, seed)
 
 
 def bootstrap_ratio_ci(hybrid: list[float], vlm: list[float], resamples: int, seed: int) -> tuple[float, float]:

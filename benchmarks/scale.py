@@ -34,10 +34,10 @@ from pathlib import Path
 
 import httpx
 
+from hybrid.samples import png
 from service.embedded_triton import EmbeddedTriton
+from service.local_stack import free_port, running_stack
 from service.verdict import quantile
-from tests.media_samples import png
-from tests.stack import free_port, running_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 

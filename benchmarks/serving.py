@@ -28,9 +28,9 @@ import httpx
 from benchmarks.procmem import PeakMemory
 from hybrid.contracts import PIPELINES
 from hybrid.media import MediaLimits, decode_media, encode_frames
+from hybrid.samples import png
+from service.local_stack import running_stack
 from service.verdict import quantile
-from tests.media_samples import png
-from tests.stack import running_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -110,7 +110,7 @@ def response_cache_study(settings: StudySettings, work: Path) -> dict[str, Any]:
     then the same N again (hits); then a stream of N /encode requests where each repeats an earlier image of the
     stream with probability `cache_repeat`. Latency as the client sees it; hits and misses as Triton counts them."""
     from benchmarks.overhead import make_inputs
-    from tests.stack import running_stack
+    from service.local_stack import running_stack
 
     variant = default_variant(settings)
     repository = work / "repository-cache"
@@ -177,7 +177,7 @@ def overhead_study(settings: StudySettings, variant: str, work: Path) -> dict[st
     """The paired E-P2.6 benchmark (benchmarks.overhead) against a service whose DINOv2 is `variant`."""
     from benchmarks.gpu import parse_statistics
     from benchmarks.overhead import analyse, make_inputs, run_pairs
-    from tests.stack import running_stack
+    from service.local_stack import running_stack
 
     repository = work / f"repository-{variant}"
     write_repository(settings, variant, repository)

@@ -27,15 +27,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
 import requests
 from locust import HttpUser, LoadTestShape, events, log, task
 from locust.env import Environment
 from locust.stats import PERCENTILES_TO_REPORT, RequestStats, StatsCSV
 from locust.user.wait_time import constant_throughput
 
+from hybrid import samples
 from hybrid.contracts import IMAGE_SIZE, PIPELINES, valid_frame_count
-from hybrid.media import OUTPUT_FORMATS, encode_frames
+from hybrid.media import OUTPUT_FORMATS
 from loadtest.verdict import judge, render_text, row, write_reports
 
 DEFAULT_HOST = "http://127.0.0.1:8080"
@@ -107,17 +107,6 @@ def _options(parser: Any) -> None:
     g.add_argument("--step-users", type=_number(1, int), env_var="LOADTEST_STEP_USERS", help="default: one user set")
     g.add_argument("--step-time", type=_number(0.001), default=20.0, env_var="LOADTEST_STEP_TIME", help="seconds")
     g.add_argument("--step-start-users", type=_number(1, int), env_var="LOADTEST_STEP_START_USERS")
-
-
-def make_png(index: int, size: int = IMAGE_SIZE) -> bytes:
-    """A deterministic input: smooth colour fields plus seeded noise (pure noise would be unrealistically hard for
-    PNG and the encoders, a flat image unrealistically easy). Generated here, so nothing is downloaded."""
-    rng = np.random.default_rng(1000 + index)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    freq, phase = rng.uniform(0.5, 3.0, (3, 2, 1, 1)), rng.uniform(0.0, 2 * np.pi, (3, 1, 1))
-    image = 0.5 + 0.4 * np.sin(2 * np.pi * (freq[:, 0] * xx + freq[:, 1] * yy) + phase)
-    image = image.transpose(1, 2, 0) + rng.normal(0.0, 0.05, (size, size, 3))
-    return encode_frames((np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)[None], "png")
 
 
 def check_response(response: Any, pipeline: str) -> None:
@@ -319,7 +308,7 @@ def _prepare(environment: Environment, **_: Any) -> None:
             with contextlib.suppress(OSError):
                 prefix.parent.rmdir()
         raise SystemExit(2) from None
-    GatewayUser.images = [make_png(i) for i in range(3)]
+    GatewayUser.images = samples.pngs(3, IMAGE_SIZE, seed=1000)  # generated here: nothing is downloaded
     environment.shape_class.o = o
     if o.shape == "step":
         environment.events.request.add_listener(environment.shape_class.book)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.stack import Stack, StackError, alive, running_stack, tritonserver_pids
+from service.local_stack import Stack, StackError, alive, running_stack, tritonserver_pids
 
 
 @pytest.fixture(scope="session")

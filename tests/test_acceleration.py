@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from benchmarks.gpu import markdown, parse_statistics, summarize
+from hybrid import samples
 from hybrid.acceleration import (
     Prepared,
     accelerate_decoder,
@@ -27,7 +28,6 @@ from hybrid.preprocess import Preprocessor
 from hybrid.profiles import get_profile
 from hybrid.runtime import instance_device
 from hybrid.vlm import build_vlm
-from tests import media_samples
 
 TINY = get_profile("tiny")
 CPU = torch.device("cpu")
@@ -70,7 +70,7 @@ def test_compiled_heads_equal_eager() -> None:
 
 def test_compiled_vlm_equals_eager() -> None:
     vlm = build_vlm(TINY)
-    inputs = Preprocessor()(media_samples.frames(1))
+    inputs = Preprocessor()(samples.frames(1))
     pixels, grid = torch.from_numpy(inputs.vlm_pixels)[None], torch.from_numpy(inputs.vlm_grid_thw)[None]
     eager = vlm(pixels, grid)
     accelerate_vlm(vlm, CPU, batch_sizes=(1,))

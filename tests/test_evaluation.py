@@ -18,7 +18,7 @@ from evaluation import datasets, metrics, report
 from evaluation.__main__ import main
 from evaluation.report import Evaluation, Result
 from hybrid.media import MediaLimits, decode_media, encode_frames
-from tests.stack import ROOT, Stack, free_port
+from service.local_stack import ROOT, Stack, free_port
 
 RED = (255, 0, 0)
 

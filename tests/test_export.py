@@ -38,10 +38,10 @@ from export.repository import (
 )
 from export.targets import ARTIFACT_FILES, PLATFORMS, TARGETS, TargetOptions, build_target, render_target
 from export.tensorrt_engine import trtexec_command
+from hybrid import samples
 from hybrid.contracts import ENSEMBLES, MAX_BATCH_SIZE, model_specs
 from hybrid.profiles import get_profile
-from tests import media_samples
-from tests.stack import ROOT, Stack, StackError, running_stack
+from service.local_stack import ROOT, Stack, StackError, running_stack
 
 FULL = json.dumps({"random_weights": True})
 ONNX_DTYPES = {"FP32": onnx.TensorProto.FLOAT}
@@ -342,7 +342,7 @@ def test_exported_models_are_the_onnx_ones(exported_stack: Stack) -> None:
 @pytest.mark.integration
 @pytest.mark.parametrize("pipeline", ["hybrid", "vlm", "spatial"])
 def test_encode_over_onnx_matches_the_torch_service(exported_stack: Stack, stack: Stack, pipeline: str) -> None:
-    data = media_samples.png(seed=6)
+    data = samples.png(seed=6)
     served = np.load(io.BytesIO(post(exported_stack, "/encode", data, pipeline=pipeline).content))
     expected = np.load(io.BytesIO(post(stack, "/encode", data, pipeline=pipeline).content))
     assert served.shape == expected.shape == (1, 64, 4096)
@@ -351,7 +351,7 @@ def test_encode_over_onnx_matches_the_torch_service(exported_stack: Stack, stack
 
 @pytest.mark.integration
 def test_encode_video_over_onnx_matches_the_torch_service(exported_stack: Stack, stack: Stack) -> None:
-    data = media_samples.gif(5, seed=2)  # 5 frames: 192 VLM tokens, 1280 spatial tokens — not the export's sizes
+    data = samples.gif(5, seed=2)  # 5 frames: 192 VLM tokens, 1280 spatial tokens — not the export's sizes
     served = np.load(io.BytesIO(post(exported_stack, "/encode", data, name="in.gif").content))
     expected = np.load(io.BytesIO(post(stack, "/encode", data, name="in.gif").content))
     np.testing.assert_allclose(served, expected, atol=1e-4, rtol=1e-4)
@@ -360,7 +360,7 @@ def test_encode_video_over_onnx_matches_the_torch_service(exported_stack: Stack,
 @pytest.mark.integration
 @pytest.mark.parametrize("pipeline", ["hybrid", "spatial"])
 def test_reconstruct_over_onnx_matches_the_torch_service(exported_stack: Stack, stack: Stack, pipeline: str) -> None:
-    data = media_samples.png(seed=8)
+    data = samples.png(seed=8)
     params = {"pipeline": pipeline, "frames": 9, "steps": 3, "seed": 5, "format": "npz"}
     served = np.load(io.BytesIO(post(exported_stack, "/reconstruct", data, **params).content))["frames"]
     expected = np.load(io.BytesIO(post(stack, "/reconstruct", data, **params).content))["frames"]

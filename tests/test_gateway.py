@@ -6,11 +6,11 @@ import pytest
 from fastapi.testclient import TestClient
 from tritonclient.utils import InferenceServerException
 
+from hybrid import samples
 from service.app import create_app
+from service.local_stack import free_port
 from service.settings import Settings
 from service.triton_client import map_triton_error
-from tests import media_samples
-from tests.stack import free_port
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,7 +51,7 @@ def gateway_without_triton() -> TestClient:
 
 
 def test_triton_down_gives_503(gateway_without_triton: TestClient) -> None:
-    reply = gateway_without_triton.post("/reconstruct", files={"file": ("a.png", media_samples.png())})
+    reply = gateway_without_triton.post("/reconstruct", files={"file": ("a.png", samples.png())})
     assert reply.status_code == 503
     assert reply.json()["error"]["code"] == "triton_unavailable"
     assert gateway_without_triton.get("/readyz").status_code == 503
@@ -74,7 +74,7 @@ def test_triton_down_gives_503(gateway_without_triton: TestClient) -> None:
 )
 def test_bad_parameters_are_400_before_triton(gateway_without_triton: TestClient, query: str, fragment: str) -> None:
     # Triton is down, so a 400 proves the parameter was refused before any inference.
-    reply = gateway_without_triton.post(f"/reconstruct?{query}", files={"file": ("a.png", media_samples.png())})
+    reply = gateway_without_triton.post(f"/reconstruct?{query}", files={"file": ("a.png", samples.png())})
     assert reply.status_code == 400, reply.text
     assert fragment in reply.json()["error"]["message"]
 
@@ -101,7 +101,7 @@ def gateway(**overrides: object) -> TestClient:
 
 
 def upload() -> dict:
-    return {"file": ("a.png", media_samples.png())}
+    return {"file": ("a.png", samples.png())}
 
 
 def test_bearer_token_guards_inference_and_optionally_probes() -> None:

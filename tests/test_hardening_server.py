@@ -14,12 +14,12 @@ import httpx
 import pytest
 import uvicorn
 
+from benchmarks.hardening_probes import MiB, chunked_upload_until_refused, multipart_head, silent_client_lifetime
+from hybrid import samples
 from service.app import create_app
 from service.http_protocol import header_timeout_protocol
+from service.local_stack import free_port
 from service.settings import Settings
-from tests import media_samples
-from tests.hardening_probes import MiB, chunked_upload_until_refused, multipart_head, silent_client_lifetime
-from tests.stack import free_port
 
 CLIENT_TIMEOUT_S = 1.0  # the silence a client is allowed here (30 s by default)
 WAIT_S = 10.0  # how long a test waits for the server's reaction before failing
@@ -88,12 +88,12 @@ def test_admission_is_taken_before_the_upload_is_read() -> None:
         with socket.create_connection(address) as slow:
             slow.sendall(multipart_head(50_000) + b"--b\r\nContent-Disposition: form-data; name=file\r\n\r\n")
             deadline = time.monotonic() + WAIT_S
-            while (refused := httpx.post(url, files={"file": ("a.png", media_samples.png())})).status_code != 429:
+            while (refused := httpx.post(url, files={"file": ("a.png", samples.png())})).status_code != 429:
                 assert time.monotonic() < deadline, refused.text  # the slow client's request reaches admission
                 time.sleep(0.05)
             assert refused.headers["retry-after"] and refused.json()["error"]["code"] == "overloaded"
         deadline = time.monotonic() + WAIT_S
-        while (after := httpx.post(url, files={"file": ("a.png", media_samples.png())})).status_code == 429:
+        while (after := httpx.post(url, files={"file": ("a.png", samples.png())})).status_code == 429:
             assert time.monotonic() < deadline, "the slot was not released when the client left"
             time.sleep(0.05)
         assert after.status_code == 503  # admitted, read, decoded: Triton is down

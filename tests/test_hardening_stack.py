@@ -23,9 +23,9 @@ from schemathesis.specs.openapi.checks import (
 )
 from tritonclient.utils import InferenceServerException
 
-from tests import hostile_media, media_samples
-from tests.hardening_probes import MiB, PeakGain, preprocess_stub
-from tests.stack import Stack
+from benchmarks.hardening_probes import MiB, PeakGain, preprocess_stub
+from hybrid import hostile_samples, samples
+from service.local_stack import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -35,8 +35,8 @@ GATEWAY_BOUND = 400 * MiB
 PREPROCESS_BOUND = 200 * MiB
 
 
-@pytest.mark.parametrize("entry", hostile_media.CORPUS, ids=[h.name for h in hostile_media.CORPUS])
-def test_hostile_media_is_answered_within_a_memory_bound(stack: Stack, entry: hostile_media.Hostile) -> None:
+@pytest.mark.parametrize("entry", hostile_samples.CORPUS, ids=[h.name for h in hostile_samples.CORPUS])
+def test_hostile_media_is_answered_within_a_memory_bound(stack: Stack, entry: hostile_samples.Hostile) -> None:
     gateway, preprocess = PeakGain(stack.process.pid), PeakGain(preprocess_stub(stack.process.pid))
     with gateway, preprocess:
         reply = httpx.post(f"{stack.gateway_url}/reconstruct", files={"file": ("upload", entry.make())}, timeout=120)
@@ -59,7 +59,7 @@ def test_a_flood_gets_only_200_or_a_fast_429(stack: Stack) -> None:
                     client.post(
                         f"{stack.gateway_url}/reconstruct",
                         params={"frames": 17, "steps": 6, "seed": i, "format": "npz"},
-                        files={"file": ("in.png", media_samples.png(seed=i))},
+                        files={"file": ("in.png", samples.png(seed=i))},
                     )
                     for i in range(64)
                 )
@@ -82,7 +82,7 @@ def test_a_flood_gets_only_200_or_a_fast_429(stack: Stack) -> None:
 def test_triton_refuses_inference_that_skips_the_gateway(stack: Stack) -> None:
     """Any local process can reach Triton's loopback ports; without the key the gateway holds, inference (and
     loading models) is refused there, while health and statistics stay readable."""
-    data = np.frombuffer(media_samples.png(), dtype=np.uint8)[None]
+    data = np.frombuffer(samples.png(), dtype=np.uint8)[None]
     media = grpcclient.InferInput("MEDIA", list(data.shape), "UINT8")
     media.set_data_from_numpy(data)
     client = grpcclient.InferenceServerClient(stack.triton_grpc_url)
@@ -94,7 +94,7 @@ def test_triton_refuses_inference_that_skips_the_gateway(stack: Stack) -> None:
     body = {"inputs": [{"name": "MEDIA", "shape": [1, 4], "datatype": "UINT8", "data": [1, 2, 3, 4]}]}
     assert httpx.post(f"{stack.triton_http_url}/v2/models/encode_vlm/infer", json=body).status_code == 403
     assert httpx.get(f"{stack.triton_http_url}/v2/models/stats").status_code == 200
-    assert httpx.post(f"{stack.gateway_url}/encode", files={"file": ("a.png", media_samples.png())}).status_code == 200
+    assert httpx.post(f"{stack.gateway_url}/encode", files={"file": ("a.png", samples.png())}).status_code == 200
 
 
 @pytest.fixture(scope="module")

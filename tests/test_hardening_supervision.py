@@ -18,10 +18,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from benchmarks.hardening_probes import shared_memory, tritonserver_of, work_directories
+from hybrid import samples
 from service.embedded_triton import process_group
-from tests import media_samples
-from tests.hardening_probes import shared_memory, tritonserver_of, work_directories
-from tests.stack import Stack, StackError, running_stack
+from service.local_stack import Stack, StackError, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -55,14 +55,14 @@ def test_a_killed_tritonserver_is_answered_at_once_and_restarted(own_stack: Stac
 
     os.kill(server, signal.SIGKILL)
     wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 503, 1.0, "/readyz 503")
-    refused = httpx.post(f"{url}/reconstruct", files={"file": ("a.png", media_samples.png())})
+    refused = httpx.post(f"{url}/reconstruct", files={"file": ("a.png", samples.png())})
     assert refused.status_code == 503 and refused.headers["retry-after"]
     assert refused.json()["error"]["code"] == "triton_restarting"
     health = httpx.get(f"{url}/healthz")
     assert health.status_code == 200 and "SIGKILL" in health.json()["triton"]
 
     wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, RESTART_DEADLINE_S, "ready again")
-    assert httpx.post(f"{url}/reconstruct", files={"file": ("a.png", media_samples.png())}).status_code == 200
+    assert httpx.post(f"{url}/reconstruct", files={"file": ("a.png", samples.png())}).status_code == 200
     assert not process_group(server), "stubs of the killed server are still alive"
     restarted = tritonserver_of(gateway)
     assert restarted != server and len(set(process_group(restarted)) - {restarted}) == len(stubs)
@@ -88,7 +88,7 @@ def test_sigterm_drains_in_flight_requests_and_leaves_nothing(own_stack: Stack) 
                     client.post(
                         f"{url}/reconstruct",
                         params={"frames": 33, "steps": 20, "seed": i, "format": "npz"},
-                        files={"file": ("in.png", media_samples.png(seed=i))},
+                        files={"file": ("in.png", samples.png(seed=i))},
                     )
                 )
                 for i in range(4)

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hybrid import samples
 from hybrid.media import MediaLimits, decode_media
 from hybrid.pipeline import ReferencePipeline
 from hybrid.profiles import get_profile
-from tests import media_samples
-from tests.stack import Stack
+from service.local_stack import Stack
 
 pytestmark = pytest.mark.integration
 PIPELINES = ("hybrid", "vlm", "spatial")
@@ -40,7 +40,7 @@ def test_ready_and_health(stack: Stack) -> None:
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
 def test_reconstruct_image_to_png(stack: Stack, pipeline: str) -> None:
-    reply = post(stack, "/reconstruct", media_samples.png(), pipeline=pipeline)
+    reply = post(stack, "/reconstruct", samples.png(), pipeline=pipeline)
     assert reply.status_code == 200, reply.text
     assert reply.headers["content-type"] == "image/png"
     assert reply.headers["x-pipeline"] == pipeline
@@ -50,7 +50,7 @@ def test_reconstruct_image_to_png(stack: Stack, pipeline: str) -> None:
 
 
 def test_nine_frames_as_webp(stack: Stack) -> None:
-    reply = post(stack, "/reconstruct", media_samples.jpeg(), name="in.jpg", frames=9, format="webp")
+    reply = post(stack, "/reconstruct", samples.jpeg(), name="in.jpg", frames=9, format="webp")
     assert reply.status_code == 200, reply.text
     image = Image.open(io.BytesIO(reply.content))
     assert image.format == "WEBP" and image.n_frames == 9
@@ -59,7 +59,7 @@ def test_nine_frames_as_webp(stack: Stack) -> None:
 @pytest.mark.parametrize(("fmt", "mime"), [("gif", "image/gif"), ("mp4", "video/mp4"), (None, "image/webp")])
 def test_gif_in_gives_frames_out(stack: Stack, fmt: str | None, mime: str) -> None:
     params = {"pipeline": "vlm"} | ({"format": fmt} if fmt else {})
-    reply = post(stack, "/reconstruct", media_samples.gif(4), name="in.gif", **params)
+    reply = post(stack, "/reconstruct", samples.gif(4), name="in.gif", **params)
     assert reply.status_code == 200, reply.text
     assert reply.headers["content-type"] == mime
     assert reply.headers["x-frames"] == "9"  # 4 input frames round up to LTX's 8k+1
@@ -67,7 +67,7 @@ def test_gif_in_gives_frames_out(stack: Stack, fmt: str | None, mime: str) -> No
 
 
 def test_mp4_in_npz_out(stack: Stack) -> None:
-    reply = post(stack, "/reconstruct", media_samples.mp4(6), name="in.mp4", pipeline="spatial", format="npz")
+    reply = post(stack, "/reconstruct", samples.mp4(6), name="in.mp4", pipeline="spatial", format="npz")
     assert reply.status_code == 200, reply.text
     frames = np.load(io.BytesIO(reply.content))["frames"]
     assert frames.shape == (9, 64, 64, 3) and frames.dtype == np.uint8
@@ -75,7 +75,7 @@ def test_mp4_in_npz_out(stack: Stack) -> None:
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
 def test_encode_matches_reference(stack: Stack, reference: ReferencePipeline, pipeline: str) -> None:
-    data = media_samples.png(seed=3)
+    data = samples.png(seed=3)
     reply = post(stack, "/encode", data, pipeline=pipeline)
     assert reply.status_code == 200, reply.text
     served = np.load(io.BytesIO(reply.content))
@@ -85,14 +85,14 @@ def test_encode_matches_reference(stack: Stack, reference: ReferencePipeline, pi
 
 
 def test_encode_video_matches_reference(stack: Stack, reference: ReferencePipeline) -> None:
-    data = media_samples.gif(4, seed=5)
+    data = samples.gif(4, seed=5)
     served = np.load(io.BytesIO(post(stack, "/encode", data, name="in.gif").content))
     expected = reference.encode(decode_media(data, MediaLimits()).frames, "hybrid")
     np.testing.assert_allclose(served, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_reconstruct_matches_reference(stack: Stack, reference: ReferencePipeline) -> None:
-    data = media_samples.png(seed=4)
+    data = samples.png(seed=4)
     reply = post(stack, "/reconstruct", data, pipeline="hybrid", frames=9, steps=3, seed=11, format="npz")
     served = np.load(io.BytesIO(reply.content))["frames"]
     expected = reference.reconstruct(decode_media(data, MediaLimits()).frames, "hybrid", 9, 3, 11)
@@ -100,7 +100,7 @@ def test_reconstruct_matches_reference(stack: Stack, reference: ReferencePipelin
 
 
 def test_seed_changes_the_reconstruction(stack: Stack) -> None:
-    data = media_samples.png()
+    data = samples.png()
     a = post(stack, "/reconstruct", data, seed=1, format="npz").content
     b = post(stack, "/reconstruct", data, seed=1, format="npz").content
     c = post(stack, "/reconstruct", data, seed=2, format="npz").content
@@ -112,11 +112,11 @@ def test_seed_changes_the_reconstruction(stack: Stack) -> None:
     ("data", "params", "status", "code"),
     [
         (b"\x13\x37 garbage bytes" * 50, {}, 422, "unsupported_media"),
-        (media_samples.truncated_png(), {}, 422, "corrupt_media"),
-        (media_samples.png_bomb(20000), {}, 413, "too_many_pixels"),
-        (media_samples.png(), {"pipeline": "bogus"}, 400, "invalid_parameter"),
-        (media_samples.png(), {"frames": 4}, 400, "invalid_parameter"),
-        (media_samples.gif(17), {}, 422, "too_many_frames"),
+        (samples.truncated_png(), {}, 422, "corrupt_media"),
+        (samples.png_bomb(20000), {}, 413, "too_many_pixels"),
+        (samples.png(), {"pipeline": "bogus"}, 400, "invalid_parameter"),
+        (samples.png(), {"frames": 4}, 400, "invalid_parameter"),
+        (samples.gif(17), {}, 422, "too_many_frames"),
     ],
     ids=["garbage", "truncated", "20000x20000", "bogus-pipeline", "frames-4", "too-many-frames"],
 )
@@ -124,7 +124,7 @@ def test_bad_input_then_service_still_answers(stack: Stack, data: bytes, params:
     reply = post(stack, "/reconstruct", data, **params)
     assert reply.status_code == status, reply.text
     assert reply.json()["error"]["code"] == code and reply.json()["error"]["message"]
-    assert post(stack, "/reconstruct", media_samples.png(), pipeline="vlm").status_code == 200
+    assert post(stack, "/reconstruct", samples.png(), pipeline="vlm").status_code == 200
 
 
 def test_overload_is_429_and_no_result_is_lost(stack: Stack) -> None:
@@ -137,7 +137,7 @@ def test_overload_is_429_and_no_result_is_lost(stack: Stack) -> None:
                 client.post(
                     f"{stack.gateway_url}/reconstruct",
                     params={"frames": 17, "steps": 6, "seed": i, "format": "npz"},
-                    files={"file": ("in.png", media_samples.png(seed=i))},
+                    files={"file": ("in.png", samples.png(seed=i))},
                 )
                 for i in range(12)
             ]
@@ -151,12 +151,12 @@ def test_overload_is_429_and_no_result_is_lost(stack: Stack) -> None:
             assert reply.headers["retry-after"] and reply.json()["error"]["code"] == "overloaded"
         else:
             assert np.load(io.BytesIO(reply.content))["frames"].shape == (17, 64, 64, 3)
-    assert post(stack, "/reconstruct", media_samples.png()).status_code == 200
+    assert post(stack, "/reconstruct", samples.png()).status_code == 200
 
 
 def test_metrics_show_per_pipeline_latency(stack: Stack) -> None:
     for pipeline in PIPELINES:
-        assert post(stack, "/reconstruct", media_samples.png(), pipeline=pipeline).status_code == 200
+        assert post(stack, "/reconstruct", samples.png(), pipeline=pipeline).status_code == 200
     text = httpx.get(f"{stack.gateway_url}/metrics").text
     for pipeline in PIPELINES:
         line = next(

@@ -170,10 +170,10 @@ def test_the_service_serves_imported_checkpoints(tmp_path: Path, monkeypatch: py
 
     import httpx
 
+    from hybrid import samples
     from hybrid.media import MediaLimits, decode_media
     from hybrid.pipeline import ReferencePipeline
-    from tests import media_samples
-    from tests.stack import running_stack
+    from service.local_stack import running_stack
 
     sources = {}
     for i, kind in enumerate(("fusion", "vlm_adapter", "spatial_adapter")):
@@ -181,7 +181,7 @@ def test_the_service_serves_imported_checkpoints(tmp_path: Path, monkeypatch: py
         torch.save(_tiny_state_dict(kind, 200 + i), sources[kind])
     import_checkpoints(sources, TINY, tmp_path / "weights")
     overrides = str(tmp_path / "weights" / "profile-overrides.json")
-    data = media_samples.png(seed=8)
+    data = samples.png(seed=8)
     frames = decode_media(data, MediaLimits()).frames
     with running_stack(tmp_path / "service.log", {"HYBRID_PROFILE_OVERRIDES": overrides}) as stack:
         served = {

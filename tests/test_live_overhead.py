@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from benchmarks import overhead as paired
+from service.local_stack import Stack, StackError, running_stack
 from service.verdict import BUDGET
-from tests.stack import Stack, StackError, running_stack
 
 pytestmark = pytest.mark.integration
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from hybrid import samples
 from hybrid.decoder import build_decoder
 from hybrid.fusion import HEADS, build_fusion_module, build_head_module
 from hybrid.pipeline import ReferencePipeline
@@ -15,7 +16,6 @@ from hybrid.preprocess import Preprocessor
 from hybrid.profiles import get_profile
 from hybrid.spatial import build_spatial
 from hybrid.vlm import build_vlm
-from tests import media_samples
 
 TINY = get_profile("tiny")
 
@@ -26,11 +26,11 @@ def preprocessor() -> Preprocessor:
 
 
 def test_preprocess_image_and_video(preprocessor: Preprocessor) -> None:
-    image = preprocessor(media_samples.frames(1))
+    image = preprocessor(samples.frames(1))
     assert image.vlm_pixels.shape == (256, 1176) and image.vlm_pixels.dtype == np.float32
     assert image.vlm_grid_thw.tolist() == [1, 16, 16]
     assert image.spatial_pixels.shape == (1, 3, 224, 224)
-    video = preprocessor(media_samples.frames(3))  # odd: Qwen pads to pairs, DINOv2 keeps every frame
+    video = preprocessor(samples.frames(3))  # odd: Qwen pads to pairs, DINOv2 keeps every frame
     assert video.vlm_grid_thw.tolist() == [2, 16, 16]
     assert video.vlm_pixels.shape == (512, 1176)
     assert video.spatial_pixels.shape == (3, 3, 224, 224)
@@ -54,7 +54,7 @@ def _vlm(features: str, layer: str = "final"):
 )
 def test_vlm_features(preprocessor: Preprocessor, features: str, layer: str) -> None:
     vlm = _vlm(features, layer)
-    inputs = preprocessor(media_samples.frames(1))
+    inputs = preprocessor(samples.frames(1))
     pixels = torch.from_numpy(inputs.vlm_pixels)[None]
     grid = torch.from_numpy(inputs.vlm_grid_thw)[None]
     out = vlm(pixels, grid)
@@ -70,7 +70,7 @@ def test_full_sequence_is_the_chat_templated_prompt_with_every_position(preproce
     before, after = TINY.vlm.template_ids["before"], TINY.vlm.template_ids["after"]
     assert TINY.vlm.features == "full_sequence" and get_profile("full").vlm.features == "full_sequence"
     assert TINY.vlm.sequence_length(64) == len(before) + 64 + 2 + len(after)
-    inputs = preprocessor(media_samples.frames(1))
+    inputs = preprocessor(samples.frames(1))
     args = (torch.from_numpy(inputs.vlm_pixels)[None], torch.from_numpy(inputs.vlm_grid_thw)[None])
     full, visual = _vlm("full_sequence")(*args), _vlm("visual_tokens")(*args)
     ids = _vlm("full_sequence").input_ids(1000, 64, 1, torch.device("cpu"))[0].tolist()
@@ -82,7 +82,7 @@ def test_full_sequence_is_the_chat_templated_prompt_with_every_position(preproce
 
 
 def test_full_sequence_of_a_video(preprocessor: Preprocessor) -> None:
-    inputs = preprocessor(media_samples.frames(4))
+    inputs = preprocessor(samples.frames(4))
     out = _vlm("full_sequence")(torch.from_numpy(inputs.vlm_pixels)[None], torch.from_numpy(inputs.vlm_grid_thw)[None])
     assert out.shape == (1, TINY.vlm.sequence_length(128), TINY.vlm.dim)  # 2 temporal patches × 64 merged tokens
 
@@ -91,7 +91,7 @@ def test_vlm_layers_differ_and_video_has_more_tokens(preprocessor: Preprocessor)
     outputs = {}
     for layer in ("vision", "1", "final"):
         vlm = _vlm("visual_tokens", layer)
-        inputs = preprocessor(media_samples.frames(4))
+        inputs = preprocessor(samples.frames(4))
         outputs[layer] = vlm(torch.from_numpy(inputs.vlm_pixels)[None], torch.from_numpy(inputs.vlm_grid_thw)[None])
     assert outputs["final"].shape == (1, 128, TINY.vlm.dim)  # 2 temporal patches × 64 merged tokens
     assert not torch.allclose(outputs["vision"], outputs["1"])
@@ -110,7 +110,7 @@ def test_vlm_rejects_unknown_layer() -> None:
 
 def test_spatial_encoder_frames(preprocessor: Preprocessor) -> None:
     encoder = build_spatial(TINY)
-    pixels = torch.from_numpy(preprocessor(media_samples.frames(2)).spatial_pixels)[None]
+    pixels = torch.from_numpy(preprocessor(samples.frames(2)).spatial_pixels)[None]
     tokens = encoder(pixels)
     assert tokens.shape == (1, 2 * 256, TINY.spatial.dim) and tokens.dtype == torch.float32
     # Frame by frame: the second frame's tokens are that frame encoded alone.
@@ -171,10 +171,10 @@ def test_decoder_frames_and_seed_determinism() -> None:
 
 def test_reference_pipeline_all_pipelines() -> None:
     pipeline = ReferencePipeline.build(TINY, device="cpu")
-    frames = media_samples.frames(1)
+    frames = samples.frames(1)
     conditionings = {p: pipeline.encode(frames, p) for p in ("hybrid", "vlm", "spatial")}
     for value in conditionings.values():
         assert value.shape == (1, 64, 4096) and value.dtype == np.float32
     assert not np.allclose(conditionings["hybrid"], conditionings["vlm"])
-    video = pipeline.reconstruct(media_samples.frames(2), "hybrid", num_frames=9, steps=2, seed=0)
+    video = pipeline.reconstruct(samples.frames(2), "hybrid", num_frames=9, steps=2, seed=0)
     assert video.shape == (9, TINY.decoder.height, TINY.decoder.width, 3)

@@ -22,12 +22,12 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from hybrid import samples
 from service.app import create_app
 from service.embedded_triton import EmbeddedTriton
+from service.local_stack import ROOT, Stack, StackError, free_port, running_stack
 from service.settings import Settings
 from service.triton_client import TargetError, parse_target
-from tests import media_samples
-from tests.stack import ROOT, Stack, StackError, free_port, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,7 @@ def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoReplicas]:
 
 def encode(client: httpx.Client, url: str, seed: int) -> int:
     reply = client.post(
-        f"{url}/encode", params={"pipeline": "hybrid"}, files={"file": ("in.png", media_samples.png(seed=seed))}
+        f"{url}/encode", params={"pipeline": "hybrid"}, files={"file": ("in.png", samples.png(seed=seed))}
     )
     return reply.status_code
 
@@ -169,7 +169,7 @@ def test_a_gateway_with_no_replica_left_is_not_ready() -> None:
         body = ready.json()
         assert body["ready"] is False and set(body["backends"]) == set(addresses)
         assert all(not b["ready"] and b["error"] for b in body["backends"].values())
-        reply = client.post("/encode", files={"file": ("in.png", media_samples.png())})
+        reply = client.post("/encode", files={"file": ("in.png", samples.png())})
         assert reply.status_code == 503 and reply.json()["error"]["code"] == "triton_unavailable"
 
 

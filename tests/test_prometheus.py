@@ -16,8 +16,8 @@ import httpx
 import pytest
 import yaml
 
-from tests import media_samples
-from tests.stack import Stack, free_port
+from hybrid import samples
+from service.local_stack import Stack, free_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +43,7 @@ def _every_pipeline_and_endpoint(client: httpx.Client, url: str, seed: int = 0) 
             reply = client.post(
                 f"{url}/{endpoint}",
                 params={"pipeline": pipeline},
-                files={"file": ("in.png", media_samples.png(seed=seed))},
+                files={"file": ("in.png", samples.png(seed=seed))},
             )
             assert reply.status_code == 200, reply.text
 

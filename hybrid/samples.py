@@ -1,4 +1,6 @@
-"""Real encoded media made in-process for tests (nothing is downloaded)."""
+"""Synthetic media made in-process (nothing is downloaded): the one generator of inputs for the tests, the benchmarks
+and the load test. Smooth gradients plus seeded noise — pure noise would be unrealistically hard for PNG and the
+encoders, a flat image unrealistically easy — so the same seed gives the same bytes everywhere."""
 
 from __future__ import annotations
 
@@ -25,6 +27,11 @@ def frames(count: int = 1, height: int = 120, width: int = 160, seed: int = 0) -
 
 def png(height: int = 120, width: int = 160, seed: int = 0) -> bytes:
     return encode_frames(frames(1, height, width, seed), "png")
+
+
+def pngs(count: int, size: int, seed: int) -> list[bytes]:
+    """`count` different size×size PNGs (seeds `seed`, `seed` + 1, …): a benchmark's or load test's inputs."""
+    return [png(size, size, seed + i) for i in range(count)]
 
 
 def jpeg(seed: int = 0) -> bytes:

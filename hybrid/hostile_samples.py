@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from tests import media_samples
+from hybrid import samples
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def gif_many_frames(count: int = 200_000) -> bytes:
 
 
 def gif_cut_after_second_descriptor() -> bytes:
-    data = media_samples.gif(4)
+    data = samples.gif(4)
     first = data.index(b"\x2c")  # image descriptors start with ','
     second = data.index(b"\x2c", first + 20)
     return data[: second + 10]
@@ -79,7 +79,7 @@ def png_short_ihdr() -> bytes:
 
 def png_huge_ztxt() -> bytes:
     """A valid image with a zTXt chunk that inflates to 64 MB (Pillow refuses text over 1 MB)."""
-    data = media_samples.png()
+    data = samples.png()
     text = b"comment\x00\x00" + zlib.compress(b"\x00" * (64 << 20), 9)
     return data[:33] + _png_chunk(b"zTXt", text) + data[33:]
 
@@ -102,7 +102,7 @@ def apng_frame_outside_canvas() -> bytes:
 
 
 def jpeg_truncated() -> bytes:
-    data = media_samples.jpeg()
+    data = samples.jpeg()
     return data[: len(data) // 3]
 
 
@@ -133,13 +133,13 @@ def webp_animation(width: int, height: int) -> bytes:
 
 def mp4_unknown_codec() -> bytes:
     """An MP4 whose sample entry names no codec FFmpeg knows: its stream has no codec context."""
-    data = media_samples.mp4(6)
+    data = samples.mp4(6)
     entry = data.index(b"stsd") + 16
     return data[:entry] + b"zzzz" + data[entry + 4 :]
 
 
 def mp4_truncated() -> bytes:
-    data = media_samples.mp4(6)
+    data = samples.mp4(6)
     return data[: len(data) // 2]
 
 
@@ -168,12 +168,12 @@ CORPUS: tuple[Hostile, ...] = (
     Hostile("text", lambda: b"hello, this is not an image\n" * 20, 422, "unsupported_media"),
     Hostile("pdf", lambda: b"%PDF-1.7\n" + b"0" * 200, 422, "unsupported_media"),
     Hostile("bmp-bad-depth", bmp_bad_depth, 422, "unsupported_media"),
-    Hostile("png-bomb-20000", lambda: media_samples.png_bomb(20000), 413, "too_many_pixels"),
-    Hostile("png-bomb-5000", lambda: media_samples.png_bomb(5000), 413, "too_many_pixels"),
+    Hostile("png-bomb-20000", lambda: samples.png_bomb(20000), 413, "too_many_pixels"),
+    Hostile("png-bomb-5000", lambda: samples.png_bomb(5000), 413, "too_many_pixels"),
     Hostile("png-1x20M", png_tall, 413, "too_many_pixels"),
     Hostile("png-short-ihdr", png_short_ihdr, 422, "corrupt_media"),
     Hostile("png-huge-ztxt", png_huge_ztxt, 422, "corrupt_media"),
-    Hostile("png-truncated", media_samples.truncated_png, 422, "corrupt_media"),
+    Hostile("png-truncated", samples.truncated_png, 422, "corrupt_media"),
     Hostile("apng-frame-outside-canvas", apng_frame_outside_canvas, 422, "corrupt_media"),
     Hostile("jpeg-truncated", jpeg_truncated, 422, "corrupt_media"),
     Hostile("jpeg-claims-60000x60000", lambda: jpeg_with_size(60000, 60000), 413, "too_many_pixels"),
@@ -185,7 +185,7 @@ CORPUS: tuple[Hostile, ...] = (
     Hostile("gif-frame-1000-past-16-screen", lambda: gif_growing((1000, 1000)), 200, None),
     Hostile("gif-200000-frames", gif_many_frames, 422, "too_many_frames"),
     Hostile("gif-cut-after-second-descriptor", gif_cut_after_second_descriptor, 422, "corrupt_media"),
-    Hostile("mp4-17-frames", lambda: media_samples.mp4(17), 422, "too_many_frames"),
+    Hostile("mp4-17-frames", lambda: samples.mp4(17), 422, "too_many_frames"),
     Hostile("mp4-unknown-codec", mp4_unknown_codec, 422, "unsupported_media"),
     Hostile("mp4-truncated", mp4_truncated, 422, "corrupt_media"),
     Hostile("mkv-mjpeg-64-then-1000", lambda: mkv_mjpeg([(64, 64), (1000, 1000), (64, 64)]), 200, None),
