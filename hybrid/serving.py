@@ -37,8 +37,10 @@ class ClientError(ValueError):
     """A request the client got wrong (bad media, bad parameters): answered as INVALID_ARGUMENT."""
 
 
-class TorchModel:
-    """Base: reads the profile from config.pbtxt parameters, builds the network, batches requests."""
+class ServedModel:
+    """Base of every Python-backend model here, whatever runs the network (PyTorch, or onnxruntime for the exported
+    ones): reads the profile from config.pbtxt parameters, places the instance on its device, builds the network,
+    stacks the requests the batcher delivers, and answers each one (or its own error)."""
 
     def initialize(self, args: dict[str, Any]) -> None:
         config = json.loads(args["model_config"])
@@ -138,7 +140,7 @@ def _triton_error(pb, message: str, client: bool):
     return pb.TritonError(message) if code is None else pb.TritonError(message, code)
 
 
-class PreprocessModel(TorchModel):
+class PreprocessModel(ServedModel):
     """Encoded media bytes → each encoder's input tensors (decode, resize, normalize, patchify).
 
     The gateway has validated the media already and sends either the client's bytes (when they were cheap to
@@ -173,7 +175,7 @@ class PreprocessModel(TorchModel):
         }
 
 
-class VLMEncoderModel(TorchModel):
+class VLMEncoderModel(ServedModel):
     def build(self) -> None:
         from hybrid.vlm import build_vlm
 
@@ -193,7 +195,7 @@ class VLMEncoderModel(TorchModel):
         return {"VLM_TOKENS": self.vlm(pad_batch(pixels, size), pad_batch(grid, size))[: pixels.shape[0]]}
 
 
-class SpatialEncoderModel(TorchModel):
+class SpatialEncoderModel(ServedModel):
     def build(self) -> None:
         from hybrid.contracts import IMAGE_SIZE
         from hybrid.spatial import build_spatial
@@ -215,7 +217,7 @@ class SpatialEncoderModel(TorchModel):
         return {"SPATIAL_TOKENS": run_padded(self.run, inputs["SPATIAL_PIXELS"].contiguous())}
 
 
-class FusionHeadModel(TorchModel):
+class FusionHeadModel(ServedModel):
     """fusion, vlm_adapter or spatial_adapter (the lab's modules): which one is the model's name in config.pbtxt.
 
     Requests with different token counts (an image and a clip, say) share one batch: each stream is padded to the
@@ -277,7 +279,7 @@ class FusionHeadModel(TorchModel):
         return {"CONDITIONING": run_padded(self.run, *(inputs[n].contiguous() for n in self.input_names))}
 
 
-class VideoDecoderModel(TorchModel):
+class VideoDecoderModel(ServedModel):
     def build(self) -> None:
         from hybrid.decoder import build_decoder
 
@@ -303,7 +305,7 @@ class VideoDecoderModel(TorchModel):
         return {"VIDEO": torch.from_numpy(video)}
 
 
-class OnnxRuntimeModel(TorchModel):
+class OnnxRuntimeModel(ServedModel):
     """An exported model (spatial_encoder, fusion or an adapter) run by onnxruntime inside the Python backend:
     the `embedded` target of `python -m export`, for the bundled tritonserver, which has no ONNX Runtime backend.
 
