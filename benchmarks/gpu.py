@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 
 from benchmarks.overhead import analyse, make_inputs, run_pairs
+from hybrid.tables import markdown_table
 from service.verdict import BUDGET, quantile
 
 CLOSED_LOOPS: tuple[tuple[str, int], ...] = (
@@ -275,13 +276,12 @@ def markdown(summary: dict[str, Any]) -> str:
         "Full profile, random weights, bf16, 224×224 PNG in, 1 frame out, 8 steps, through gateway + Triton. "
         f"Command: `{summary['command']}`.",
         "",
-        "| | " + " | ".join(summary["variants"]) + " |",
-        "|---|" + "---|" * len(summary["variants"]),
     ]
     v = summary["variants"]
+    table: list[list[Any]] = []
 
     def row(label: str, get) -> None:
-        rows.append(f"| {label} | " + " | ".join(str(get(x)) for x in v.values()) + " |")
+        table.append([label, *(get(x) for x in v.values())])
 
     row("ready, cold (s)", lambda x: x.get("ready_s"))
     row("ready, warm restart (s)", lambda x: x.get("ready_warm_s"))
@@ -305,19 +305,15 @@ def markdown(summary: dict[str, Any]) -> str:
             return f"{hit[0]['rps']} req/s, p95 {hit[0]['p95_ms']} ms, non-200 {hit[0]['non_200']}" if hit else "–"
 
         row(f"/{endpoint} hybrid, concurrency {concurrency}", loop)
+    rows += markdown_table(["", *v], table)
     rows += ["", "Triton statistics (ms per execution; queue per request):", ""]
+    statistics = ("average_batch", "queue_ms_per_request", "compute_input_ms", "compute_infer_ms", "compute_output_ms")
     for name, data in v.items():
-        rows += [
-            f"**{name}**",
-            "",
-            "| model | avg batch | queue | compute_input | compute_infer | compute_output |",
-            "|---|---|---|---|---|---|",
-        ]
-        for model, s in sorted(data.get("triton_statistics", {}).items()):
-            rows.append(
-                f"| {model} | {s['average_batch']} | {s['queue_ms_per_request']} | {s['compute_input_ms']} | "
-                f"{s['compute_infer_ms']} | {s['compute_output_ms']} |"
-            )
+        rows += [f"**{name}**", ""]
+        rows += markdown_table(
+            ["model", "avg batch", "queue", "compute_input", "compute_infer", "compute_output"],
+            [[model, *(s[k] for k in statistics)] for model, s in sorted(data.get("triton_statistics", {}).items())],
+        )
         rows.append("")
     return "\n".join(rows) + "\n"
 

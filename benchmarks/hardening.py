@@ -44,6 +44,7 @@ from benchmarks.hardening_probes import (
 )
 from benchmarks.procmem import PeakMemory, tree_rss_bytes
 from hybrid import hostile_samples, samples
+from hybrid.tables import markdown_table
 from service.embedded_triton import process_group
 from service.local_stack import Stack, running_stack
 
@@ -277,12 +278,15 @@ def markdown(results: dict) -> str:
         f"(load average {results['load_average_before'][0]} before, {results['load_average_after'][0]} after: other "
         "work on the machine slows the timings).",
         "",
-        "| measure | measured | target | met |",
-        "|---|---:|---|---|",
     ]
-    for label, value, target, key in rows:
-        met = "" if key is None else ("yes" if results["met"][key] else "**no**")
-        lines.append(f"| {label} | {value} | {target} | {met} |")
+    lines += markdown_table(
+        ["measure", "measured", "target", "met"],
+        [
+            [label, value, target, "" if key is None else ("yes" if results["met"][key] else "**no**")]
+            for label, value, target, key in rows
+        ],
+        align="lr",
+    )
     lines += ["", "The hostile corpus, file by file (status, code, seconds):", ""]
     lines += [
         f"- `{name}` ({r['bytes']} B): {r['status']} {r['code'] or ''} in {r['seconds']} s"

@@ -24,6 +24,7 @@ import numpy as np
 
 from hybrid import samples
 from hybrid.contracts import PIPELINES
+from hybrid.tables import markdown_table
 from service.service_time import STAGES
 from service.verdict import BUDGET, judge, overhead_ratio, quantile
 
@@ -154,27 +155,28 @@ def markdown(result: dict) -> str:
         f"{result['input']}; {result['pairs']} pairs; budget {result['budget']:.0%}.",
         f"Command: `{result['command']}`",
         "",
-        "| endpoint | hybrid median | vlm median | spatial median | overhead (median) | 95% CI | overhead (p95) "
-        "| verdict |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
+    rows = []
     for endpoint in ENDPOINTS:
         a = result["analysis"][endpoint]
         m = a["median_s"]
         low, high = a["overhead_ci95"]
-        lines.append(
-            f"| {endpoint} | {m['hybrid'] * 1000:.1f} ms | {m['vlm'] * 1000:.1f} ms | {m['spatial'] * 1000:.1f} ms | "
-            f"{a['overhead_median']:+.1%} | {low:+.1%} … {high:+.1%} | {a['overhead_p95']:+.1%} | {a['verdict']} |"
+        rows.append(
+            [endpoint, *(f"{m[p] * 1000:.1f} ms" for p in ("hybrid", "vlm", "spatial"))]
+            + [f"{a['overhead_median']:+.1%}", f"{low:+.1%} … {high:+.1%}", f"{a['overhead_p95']:+.1%}", a["verdict"]]
         )
-    lines += ["", "Stage means from Triton's statistics API (queue + compute per request, ms):", "",
-              "| stage | " + " | ".join(PIPELINES) + " |", "|---|" + "---:|" * len(PIPELINES)]  # fmt: skip
+    head = ["endpoint", "hybrid median", "vlm median", "spatial median", "overhead (median)", "95% CI"]
+    lines += markdown_table([*head, "overhead (p95)", "verdict"], rows, align="lrrrrrr")
+    lines += ["", "Stage means from Triton's statistics API (queue + compute per request, ms):", ""]
+    rows = []
     for stage in STAGES:
-        cells = []
+        cells = [stage]
         for pipeline in PIPELINES:
             entry = result["server"]["pipelines"][pipeline]["stages"].get(stage)
             known = entry and entry["compute_mean_s"] is not None
             cells.append(f"{(entry['compute_mean_s'] + entry['queue_mean_s']) * 1000:.1f}" if known else "—")
-        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines += markdown_table(["stage", *PIPELINES], rows, align="l" + "r" * len(PIPELINES))
     live = result["server"].get("overhead", {})
     if "encode" in live:
         lines += ["", "The gateway's live estimate over its window (service_time: batch-1 service times from Triton's "

@@ -35,6 +35,7 @@ from pathlib import Path
 import httpx
 
 from hybrid.samples import png
+from hybrid.tables import markdown_table
 from service.embedded_triton import EmbeddedTriton
 from service.local_stack import free_port, running_stack
 from service.verdict import quantile
@@ -157,16 +158,14 @@ def markdown(r: dict) -> str:
         f"Device: {r['device']}; profile {r['profile']}; `{r['request']}`, 224×224 PNG in.",
         f"Commit {r['commit']}. Command: `{r['command']}`",
         "",
-        "| replicas | concurrency | requests | errors | req/s | p50 (ms) | p95 (ms) | inferences per replica |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for key in ("one", "two"):
-        p = r[key]
-        errors = sum(p["errors"].values())
-        lines.append(
-            f"| {p['replicas']} | {p['concurrency']} | {p['requests']} | {errors} | {p['rps']:.2f} | "
-            f"{p['p50_ms']:.1f} | {p['p95_ms']:.1f} | {', '.join(map(str, p['inferences_per_replica']))} |"
-        )
+    rows = [
+        [p["replicas"], p["concurrency"], p["requests"], sum(p["errors"].values()), f"{p['rps']:.2f}"]
+        + [f"{p['p50_ms']:.1f}", f"{p['p95_ms']:.1f}", ", ".join(map(str, p["inferences_per_replica"]))]
+        for p in (r["one"], r["two"])
+    ]
+    head = ["replicas", "concurrency", "requests", "errors", "req/s", "p50 (ms)", "p95 (ms)", "inferences per replica"]
+    lines += markdown_table(head, rows, align="rrrrrrr")
     lines += [
         "",
         f"Throughput ratio two/one: **{r['ratio']:.2f}** (p95 ratio {r['p95_ratio']:.2f}).",

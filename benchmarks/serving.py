@@ -29,6 +29,7 @@ from benchmarks.procmem import PeakMemory
 from hybrid.contracts import PIPELINES
 from hybrid.media import MediaLimits, decode_media, encode_frames
 from hybrid.samples import png
+from hybrid.tables import markdown_table
 from service.local_stack import running_stack
 from service.verdict import quantile
 
@@ -122,14 +123,13 @@ def markdown(r: dict) -> str:
         f"output {r['output']}.",
         f"Command: `{r['command'].strip()}`",
         "",
-        "| pipeline | /reconstruct p50 (ms) | p95 (ms) | in-process p50 (ms) | gateway + Triton overhead (ms) |",
-        "|---|---:|---:|---:|---:|",
     ]
-    for p in PIPELINES:
-        s, i = r["served"][p], r["in_process"][p]
-        lines.append(
-            f"| {p} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {i['p50_ms']:.1f} | {r['serving_overhead_ms'][p]:.1f} |"
-        )
+    rows = [
+        [p, *(f"{ms:.1f}" for ms in (s["p50_ms"], s["p95_ms"], i["p50_ms"], r["serving_overhead_ms"][p]))]
+        for p, s, i in ((p, r["served"][p], r["in_process"][p]) for p in PIPELINES)
+    ]
+    head = ["pipeline", "/reconstruct p50 (ms)", "p95 (ms)", "in-process p50 (ms)", "gateway + Triton overhead (ms)"]
+    lines += markdown_table(head, rows, align="lrrrr")
     lines += [
         "",
         f"Time from start (venv present) to ready: {r['time_to_ready_s']:.1f} s. "

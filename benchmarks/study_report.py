@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.study_settings import COMPONENTS, RESULT_STEM, SPATIAL_VARIANTS, TARGETS_MS, find_entry
+from hybrid.tables import markdown_table
 from service.verdict import BUDGET
 
 
@@ -195,37 +196,33 @@ def markdown(study: dict[str, Any]) -> str:
             "",
             "## Latency per component",
             "",
-            "| DINOv2 | dtype | batch | frames | " + " | ".join(stages) + " | hybrid path p50 | vlm path p50 | "
-            "DINOv2 GiB |",
-            "|---|---|---:|---:|" + "---:|" * (len(stages) + 3),
         ]
+        rows = []
         for e in study["variants"]:
             if not e["stages"]:
                 continue
-            hybrid, vlm = critical_path_ms(e["stages"], "hybrid"), critical_path_ms(e["stages"], "vlm")
+            paths = [critical_path_ms(e["stages"], p) for p in ("hybrid", "vlm")]
             memory = e["stages"].get("spatial_encoder", {}).get("gpu_memory_gib")
-            lines.append(
-                f"| {e['spatial']} | {e['dtype']} | {e['batch']} | {e['frames']} | "
-                + " | ".join(_ms(e["stages"].get(c)) for c in stages)
-                + f" | {'–' if hybrid is None else f'{hybrid:.1f}'} | {'–' if vlm is None else f'{vlm:.1f}'} | "
-                f"{'–' if memory is None else memory} |"
+            rows.append(
+                [e["spatial"], e["dtype"], e["batch"], e["frames"], *(_ms(e["stages"].get(c)) for c in stages)]
+                + [*("–" if ms is None else f"{ms:.1f}" for ms in paths), "–" if memory is None else memory]
             )
+        head = ["DINOv2", "dtype", "batch", "frames", *stages, "hybrid path p50", "vlm path p50", "DINOv2 GiB"]
+        lines += markdown_table(head, rows, align="llrr" + "r" * (len(stages) + 3))
     overheads = [e for e in study["variants"] if e.get("overhead_encode")]
     if overheads:
         lines += [
             "",
             "## Through gateway + Triton: the E-P2.6 overhead per DINOv2 variant (paired, 95% CI)",
             "",
-            "| DINOv2 | runtime | hybrid /reconstruct | vlm /reconstruct | end to end | hybrid /encode | vlm /encode "
-            "| encode |",
-            "|---|---|---:|---:|---|---:|---:|---|",
         ]
-        for e in overheads:
-            o, c = e["overhead_end_to_end"], e["overhead_encode"]
-            lines.append(
-                f"| {e['spatial']} | {o['runtime']} | {o['median_ms']['hybrid']} ms | {o['median_ms']['vlm']} ms | "
-                f"{_pct(o)} | {c['median_ms']['hybrid']} ms | {c['median_ms']['vlm']} ms | {_pct(c)} |"
-            )
+        rows = [
+            [e["spatial"], o["runtime"], f"{o['median_ms']['hybrid']} ms", f"{o['median_ms']['vlm']} ms", _pct(o)]
+            + [f"{c['median_ms']['hybrid']} ms", f"{c['median_ms']['vlm']} ms", _pct(c)]
+            for e, o, c in ((e, e["overhead_end_to_end"], e["overhead_encode"]) for e in overheads)
+        ]
+        head = ["DINOv2", "runtime", "hybrid /reconstruct", "vlm /reconstruct", "end to end", "hybrid /encode"]
+        lines += markdown_table([*head, "vlm /encode", "encode"], rows, align="llrrlrrl")
     if study.get("memory_table"):
         rows = study["memory_table"]
         lines += [
@@ -234,28 +231,27 @@ def markdown(study: dict[str, Any]) -> str:
             "",
             f"Source: {rows[0]['source']}.",
             "",
-            f"| configuration | models | parameters | loaded | peak, batch 1 | peak, batch {rows[0]['max_batch']} | "
-            "added vs VLM only (loaded) |",
-            "|---|---|---:|---:|---:|---:|---:|",
         ]
-        for r in rows:
-            lines.append(
-                f"| {r['configuration']} | {', '.join(r['models'])} | {r['parameters_gib']} | {r['loaded_gib']} | "
-                f"{r['peak_batch1_gib']} | {r['peak_max_batch_gib']} | {r['added_vs_vlm_only_gib']} |"
-            )
+        keys = ("parameters_gib", "loaded_gib", "peak_batch1_gib", "peak_max_batch_gib", "added_vs_vlm_only_gib")
+        head = ["configuration", "models", "parameters", "loaded", "peak, batch 1"]
+        lines += markdown_table(
+            [*head, f"peak, batch {rows[0]['max_batch']}", "added vs VLM only (loaded)"],
+            [[r["configuration"], ", ".join(r["models"]), *(r[k] for k in keys)] for r in rows],
+            align="llrrrrr",
+        )
     if study.get("fusion_ablation"):
         lines += [
             "",
             "## Fusion pruning: layers × output queries",
             "",
-            "| layers | queries | parameters | dtype | batch | p50 ms | p95 ms | GiB |",
-            "|---:|---:|---:|---|---:|---:|---:|---:|",
         ]
-        for r in study["fusion_ablation"]:
-            lines.append(
-                f"| {r['num_layers']} | {r['num_queries']} | {r['parameters'] / 1e6:.1f} M | {r['dtype']} | "
-                f"{r['batch']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['gpu_memory_gib']} |"
-            )
+        rows = [
+            [r["num_layers"], r["num_queries"], f"{r['parameters'] / 1e6:.1f} M", r["dtype"], r["batch"]]
+            + [f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}", r["gpu_memory_gib"]]
+            for r in study["fusion_ablation"]
+        ]
+        head = ["layers", "queries", "parameters", "dtype", "batch", "p50 ms", "p95 ms", "GiB"]
+        lines += markdown_table(head, rows, align="rrrlrrrr")
     cache = study.get("cache")
     if cache:
         lines += [
@@ -263,14 +259,14 @@ def markdown(study: dict[str, Any]) -> str:
             f"## Triton response cache ({cache['cache_config']} on {', '.join(cache['models'])}; DINOv2 "
             f"{cache['spatial']}, {cache['runtime']})",
             "",
-            "| endpoint | miss p50 (p95) | hit p50 (p95) | saved p50 | speed-up | hit ratio: miss phase / hit phase |",
-            "|---|---:|---:|---:|---:|---|",
         ]
-        for endpoint, r in cache["endpoints"].items():
-            lines.append(
-                f"| /{endpoint} | {_ms(r['miss'])} ms | {_ms(r['hit'])} ms | {r['saved_p50_ms']:.1f} ms | "
-                f"{r['speedup_p50']}× | {r['miss']['hit_ratio']} / {r['hit']['hit_ratio']} |"
-            )
+        rows = [
+            [f"/{endpoint}", f"{_ms(r['miss'])} ms", f"{_ms(r['hit'])} ms", f"{r['saved_p50_ms']:.1f} ms"]
+            + [f"{r['speedup_p50']}×", f"{r['miss']['hit_ratio']} / {r['hit']['hit_ratio']}"]
+            for endpoint, r in cache["endpoints"].items()
+        ]
+        head = ["endpoint", "miss p50 (p95)", "hit p50 (p95)", "saved p50", "speed-up"]
+        lines += markdown_table([*head, "hit ratio: miss phase / hit phase"], rows, align="lrrrr")
         mixed = cache.get("mixed_stream")
         if mixed:
             lines.append(
@@ -292,17 +288,16 @@ def markdown(study: dict[str, Any]) -> str:
             "## The seed's targets at batch 1 (DINOv2 < 200 ms, fusion < 100 ms, total < 1500 ms, overhead < 25%, "
             "memory within the device)",
             "",
-            "| DINOv2 | dtype | frames | DINOv2 p95 | fusion p95 | total p95 | overhead upper 95% | peak GiB "
-            "| meets all |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---|",
         ]
-        for r in target_rows:
-            upper = "–" if r["overhead_upper"] is None else f"{r['overhead_upper']:+.1%}"
-            lines.append(
-                f"| {r['spatial']} | {r['dtype']} | {r['frames']} | {r['dinov2_p95_ms']} | {r['fusion_p95_ms']} | "
-                f"{'–' if r['total_p95_ms'] is None else round(r['total_p95_ms'], 1)} | {upper} | "
-                f"{r['peak_memory_gib']} | {r['meets_all']} |"
-            )
+        rows = [
+            [r["spatial"], r["dtype"], r["frames"], r["dinov2_p95_ms"], r["fusion_p95_ms"]]
+            + ["–" if r["total_p95_ms"] is None else round(r["total_p95_ms"], 1)]
+            + ["–" if r["overhead_upper"] is None else f"{r['overhead_upper']:+.1%}"]
+            + [r["peak_memory_gib"], r["meets_all"]]
+            for r in target_rows
+        ]
+        head = ["DINOv2", "dtype", "frames", "DINOv2 p95", "fusion p95", "total p95", "overhead upper 95%", "peak GiB"]
+        lines += markdown_table([*head, "meets all"], rows, align="llrrrrrr")
         pick = recommend(study)
         lines += ["", f"Deployment rule applied to these figures: {json.dumps(pick['pick'])} ({pick['reason']})."]
     return "\n".join(lines) + "\n"

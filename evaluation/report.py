@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from evaluation.datasets import Sample
 from evaluation.metrics import align, psnr_from_mse, resize_to
+from hybrid.tables import markdown_table
 
 # Gate 1 of the lab's P2 plan: a pipeline passes when every threshold holds.
 THRESHOLDS: dict[str, tuple[str, float]] = {
@@ -175,7 +176,7 @@ def markdown(report: dict) -> str:
     if report["lpips_unavailable_reason"]:
         lines += [f"LPIPS unavailable: {report['lpips_unavailable_reason']}.", ""]
     head = [f"{LABELS[k]} ({op} {v})" for k, (op, v) in THRESHOLDS.items()]
-    lines += ["| pipeline | " + " | ".join(head) + " | PSNR (dB) | Gate 1 |", "|---" * (len(head) + 3) + "|"]
+    rows = []
     for pipeline, metrics in report["pipelines"].items():
         checks = report["gate1"][pipeline]["checks"]
         cells = [
@@ -183,17 +184,20 @@ def markdown(report: dict) -> str:
             for k in THRESHOLDS
         ]
         verdict = report["gate1"][pipeline]["verdict"]
-        lines.append(f"| {pipeline} | " + " | ".join(cells) + f" | {_fmt(metrics['psnr'], 2)} | **{verdict}** |")
-    lines += ["", "| pipeline | requests ok | failed | by status |", "|---|---:|---:|---|"]
-    for pipeline, req in report["requests"].items():
-        by_status = ", ".join(f"{k}: {v}" for k, v in req["errors"].items()) or "-"
-        lines.append(f"| {pipeline} | {req['ok']} | {req['failed']} | {by_status} |")
-    lines += ["", "Per dataset:", "", "| dataset | pipeline | " + " | ".join(LABELS[k] for k in REPORTED) + " |"]
-    lines.append("|---" * (len(REPORTED) + 2) + "|")
-    for dataset, entry in report["per_dataset"].items():
-        for pipeline, metrics in entry["pipelines"].items():
-            values = " | ".join(_fmt(metrics[k], 2 if k == "psnr" else 3) for k in REPORTED)
-            lines.append(f"| {dataset} | {pipeline} | {values} |")
+        rows.append([pipeline, *cells, _fmt(metrics["psnr"], 2), f"**{verdict}**"])
+    lines += markdown_table(["pipeline", *head, "PSNR (dB)", "Gate 1"], rows)
+    rows = [
+        [pipeline, req["ok"], req["failed"], ", ".join(f"{k}: {v}" for k, v in req["errors"].items()) or "-"]
+        for pipeline, req in report["requests"].items()
+    ]
+    lines += ["", *markdown_table(["pipeline", "requests ok", "failed", "by status"], rows, align="lrr")]
+    lines += ["", "Per dataset:", ""]
+    rows = [
+        [dataset, pipeline, *(_fmt(metrics[k], 2 if k == "psnr" else 3) for k in REPORTED)]
+        for dataset, entry in report["per_dataset"].items()
+        for pipeline, metrics in entry["pipelines"].items()
+    ]
+    lines += markdown_table(["dataset", "pipeline", *(LABELS[k] for k in REPORTED)], rows)
     if "temporal_lpips_var" in report:
         lines += ["", "Temporal LPIPS variance of the reconstructed clips (lower is steadier):", ""]
         lines += [f"- {p}: {_fmt(v, 5)}" for p, v in report["temporal_lpips_var"].items()]

@@ -36,6 +36,7 @@ from export.onnx_export import PARITY_BOUNDS, check_parity, export_onnx
 from export.progress import peak_rss_gb, say, step
 from hybrid.onnx_runtime import OnnxRunner
 from hybrid.profiles import PROFILES, SPATIAL_VARIANTS, get_profile
+from hybrid.tables import markdown_table
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -120,19 +121,18 @@ def markdown(results: dict[str, Any]) -> str:
         f"Peak memory of the whole run: {results['peak_memory_gb']:.1f} GB. Load average (1/5/15 min) before "
         f"{_load(results['load_average_before'])}, after {_load(results['load_average_after'])}.",
         "",
-        "| model | params | precision | ONNX size | export | parity max abs | max rel | onnxruntime p50 | "
-        "PyTorch fp32 p50 | PyTorch / ORT |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, entry in results["models"].items():
-        for precision, r in entry["precisions"].items():
-            lat = r["latency"]
-            lines.append(
-                f"| {name} | {entry['parameters'] / 1e6:.0f} M | {precision} | {r['onnx']['size_bytes'] / 1e6:.0f} MB "
-                f"| {r['onnx']['export_s']:.1f} s | {r['parity']['max_abs']:.1e} | {r['parity']['max_rel']:.1e} "
-                f"({'ok' if r['parity']['passed'] else 'FAIL'}) | {lat['onnxruntime']['p50_ms']:.1f} ms "
-                f"| {lat['torch_fp32']['p50_ms']:.1f} ms | ×{lat['speedup_p50']:.2f} |"
-            )
+    rows = [
+        [name, f"{entry['parameters'] / 1e6:.0f} M", precision, f"{r['onnx']['size_bytes'] / 1e6:.0f} MB"]
+        + [f"{r['onnx']['export_s']:.1f} s", f"{r['parity']['max_abs']:.1e}"]
+        + [f"{r['parity']['max_rel']:.1e} ({'ok' if r['parity']['passed'] else 'FAIL'})"]
+        + [f"{r['latency'][k]['p50_ms']:.1f} ms" for k in ("onnxruntime", "torch_fp32")]
+        + [f"×{r['latency']['speedup_p50']:.2f}"]
+        for name, entry in results["models"].items()
+        for precision, r in entry["precisions"].items()
+    ]
+    head = ["model", "params", "precision", "ONNX size", "export", "parity max abs", "max rel", "onnxruntime p50"]
+    lines += markdown_table([*head, "PyTorch fp32 p50", "PyTorch / ORT"], rows, align="lrlrrrrrrr")
     lines += ["", results["notes"], ""]
     return "\n".join(lines)
 
