@@ -38,11 +38,10 @@ from benchmarks.hardening_probes import (
     chunked_upload_until_refused,
     shared_memory,
     silent_client_lifetime,
-    status_bytes,
     tritonserver_of,
     work_directories,
 )
-from benchmarks.procmem import PeakMemory, tree_rss_bytes
+from benchmarks.procmem import PeakMemory, rss_bytes, tree_rss_bytes
 from hybrid import hostile_samples, samples
 from hybrid.tables import markdown_table
 from service.embedded_triton import process_group
@@ -73,7 +72,7 @@ def gateway_ms(reply: httpx.Response) -> float:
 def burst(stack: Stack) -> dict:
     gif = hostile_samples.gif_bomb()
     gateway = stack.process.pid
-    baseline_tree, baseline_gateway = tree_rss_bytes(gateway), status_bytes(gateway, "VmRSS")
+    baseline_tree, baseline_gateway = tree_rss_bytes(gateway), rss_bytes(gateway)
 
     async def four() -> list[tuple[int, float]]:
         async with httpx.AsyncClient(timeout=300) as client:
@@ -95,7 +94,7 @@ def burst(stack: Stack) -> dict:
         "burst_slowest_answer_s": round(max(seconds for _, seconds in answers), 2),
         "burst_gateway_gain_mib": round(gain.gained / MiB),
         "burst_stack_gain_mib": round((tree.peak_bytes - baseline_tree) / MiB),
-        "gateway_retained_after_5s_mib": round((status_bytes(gateway, "VmRSS") - baseline_gateway) / MiB),
+        "gateway_retained_after_5s_mib": round((rss_bytes(gateway) - baseline_gateway) / MiB),
     }
 
 

@@ -11,6 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.procmem import rss_bytes
+
 MiB = 1 << 20
 
 
@@ -55,12 +57,13 @@ def work_directories(gateway_pid: int) -> list[Path]:
     return sorted(Path(tempfile.gettempdir()).glob(f"embedded-triton-{gateway_pid}-*"))
 
 
-def status_bytes(pid: int, field: str) -> int:
-    """A `kB` field of /proc/PID/status (VmRSS, VmHWM) in bytes."""
+def peak_rss_bytes(pid: int) -> int:
+    """A process's resident high-water mark (VmHWM of /proc/PID/status) in bytes: psutil reports only the current
+    RSS, and the peak of a burst can come and go between two samples."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
+        if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
-    raise KeyError(field)
+    raise KeyError(f"no VmHWM for process {pid}")
 
 
 class PeakGain:
@@ -74,11 +77,11 @@ class PeakGain:
     def __enter__(self) -> PeakGain:
         with contextlib.suppress(OSError):
             Path(f"/proc/{self.pid}/clear_refs").write_text("5")
-        self.before = status_bytes(self.pid, "VmRSS")
+        self.before = rss_bytes(self.pid)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.gained = status_bytes(self.pid, "VmHWM") - self.before
+        self.gained = peak_rss_bytes(self.pid) - self.before
 
 
 def multipart_head(length: int | None, path: str = "/reconstruct", boundary: str = "b") -> bytes:

@@ -1,39 +1,33 @@
-"""Resident memory of a process tree, read from /proc (Linux): the stack's footprint is the gateway, the
-tritonserver and one Python-backend stub per model instance together."""
+"""Resident memory of a process tree, through psutil: the stack's footprint is the gateway, the tritonserver and one
+Python-backend stub per model instance together."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from pathlib import Path
+
+import psutil
+
+_GONE = (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied)
 
 
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            kids += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return kids
+def rss_bytes(pid: int) -> int:
+    """One process's resident set size (Linux: VmRSS)."""
+    return int(psutil.Process(pid).memory_info().rss)
 
 
 def tree_rss_bytes(root: int, include_root: bool = True) -> int:
-    """Sum of VmRSS over `root`'s descendants, and `root` itself unless include_root is False."""
-    total, stack, seen = 0, [root], set()
-    while stack:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        stack += _children(pid)
-        if pid == root and not include_root:
-            continue
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except OSError:
-            continue
+    """Sum of RSS over `root`'s descendants, and `root` itself unless include_root is False; 0 once `root` is gone.
+    A process that exits while the tree is read counts as nothing."""
+    try:
+        parent = psutil.Process(root)
+        processes = parent.children(recursive=True) + ([parent] if include_root else [])
+    except _GONE:
+        return 0
+    total = 0
+    for process in processes:
+        with contextlib.suppress(*_GONE):
+            total += process.memory_info().rss
     return total
 
 
