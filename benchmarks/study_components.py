@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import json
 import time
+import timeit
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -30,26 +31,26 @@ from benchmarks.study_settings import (
 from service.verdict import quantile
 
 
-def synchronize(cuda: bool) -> None:
-    if cuda:
-        import torch
-
-        torch.cuda.synchronize()
-
-
-def timed_calls(call: Callable[[], Any], cuda: bool, repeats: int, warmup: int, max_seconds: float) -> list[float]:
+def timed_calls(
+    call: Callable[[], Any], synchronized: bool, repeats: int, warmup: int, max_seconds: float
+) -> list[float]:
     """Seconds per call: `warmup` untimed calls, then up to `repeats` timed ones (at least MIN_CALLS, then until
-    `max_seconds` have passed), each between two device synchronizations so it holds the call's device work."""
+    `max_seconds` have passed). With `synchronized`, each is read with `torch.utils.benchmark.timer`, the clock of
+    torch's `Timer`, which synchronizes the device before it reads the time, so a call's time holds its device work;
+    host-only models read the plain clock. Timer's own loops do not fit here: they report means over blocks of
+    calls, and the study reports each call's p95."""
+    from torch.utils import benchmark
+
+    clock = benchmark.timer if synchronized else timeit.default_timer
     for _ in range(warmup):
         call()
-    synchronize(cuda)
+    clock()  # the warm-up's device work finishes before the first timed call starts
     times: list[float] = []
     deadline = time.perf_counter() + max_seconds
     while len(times) < max(repeats, 1) and (len(times) < MIN_CALLS or time.perf_counter() < deadline):
-        started = time.perf_counter()
+        started = clock()
         call()
-        synchronize(cuda)
-        times.append(time.perf_counter() - started)
+        times.append(clock() - started)
     return times
 
 

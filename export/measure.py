@@ -55,7 +55,10 @@ def summary(seconds: list[float]) -> dict[str, float]:
 
 
 def interleaved(runs: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, list[float]]:
-    """Time each callable `repeats` times, alternating between them, after `warmup` untimed rounds."""
+    """Time each callable `repeats` times, alternating between them, after `warmup` untimed rounds.
+
+    Alternating keeps a load change on the machine from favouring one runtime; torch's `Timer` times one statement
+    at a time, in blocks, so it cannot. Both runtimes run on the CPU here: no device to synchronize."""
     for _ in range(warmup):
         for run in runs.values():
             run()
