@@ -1,6 +1,6 @@
-"""Progress for the long steps of an export (a full-size DINOv2-L ONNX export takes ~30 s and ~5 GB here, a
-TensorRT build minutes): a line when a step starts, a heartbeat while it runs, its time and the process's peak
-memory when it ends — so that a silent minute is visibly work, not a hang."""
+"""Progress for the long steps of an export (a full-size ONNX export takes tens of seconds and gigabytes on a CPU:
+export/results/full-cpu.md; a TensorRT build takes longer): a line when a step starts, a heartbeat while it runs, its
+time and the process's peak memory when it ends — so that a silent minute is visibly work, not a hang."""
 
 from __future__ import annotations
 

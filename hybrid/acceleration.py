@@ -1,8 +1,8 @@
 """The `compiled` runtime: every serving model compiled or replayed as CUDA graphs, prepared at load.
 
-Eager PyTorch launches one kernel at a time from Python; at batch 1 on an H200 the models are launch-bound
-(NOTES.md: LTX-Video 301 ms eager vs 41 ms with its transformer under CUDA graphs; the Qwen vision tower 38 ms for
-<1 ms of math). This module makes each model replay captured work instead:
+Eager PyTorch launches one kernel at a time from Python; at batch 1 on an H200 the models are launch-bound (the
+measured eager and compiled figures, end to end and per model: benchmarks/results/gpu-h200/summary.md). This
+module makes each model replay captured work instead:
 
 - LTX-Video: the transformer and the VAE decoder under `torch.compile(mode="reduce-overhead")` (Inductor kernels
   replayed as CUDA graphs), one graph set per batch size.

@@ -157,7 +157,8 @@ _QWEN_TOKEN_IDS = {
 
 
 def tiny() -> Profile:
-    """Tiny real architectures, random weights: seconds to build, ~0.1 s a request on 2 CPU cores."""
+    """Tiny real architectures, random weights: quick to build and to serve on a CPU (their latency through the
+    stack: benchmarks/results/serving-tiny-cpu.md)."""
     return Profile(
         name="tiny",
         random_weights=True,

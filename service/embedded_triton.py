@@ -171,7 +171,8 @@ class EmbeddedTriton:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.setdefault("PYTHONUNBUFFERED", "1")
         # Seven model processes share the cores: OpenMP threads that spin after their step would steal the CPU
-        # from the next step of the chain (measured: hybrid reconstruct 76 → 44 ms on 2 cores).
+        # from the next step of the chain (when this was set, it took the tiny hybrid /reconstruct from 76 to 44 ms
+        # on 2 cores; today's latency with it: benchmarks/results/serving-tiny-cpu.md).
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         env.update(self.env)
         return env

@@ -21,7 +21,8 @@ def latency_buckets(low: float = 0.004, high: float = 2.5, step: float = BUCKET_
 
     histogram_quantile interpolates inside a bucket, so a quantile is only as sharp as the buckets around it: to
     tell a 10% difference (well under the 25% budget) the bounds must be at most 10% apart over the range that
-    matters, ~5 ms (tiny models on a CPU) to ~2 s (the full models on a GPU, long clips). Past that, long videos
+    matters, from the tiny models on a CPU (benchmarks/results/overhead-tiny.md) to the full models on a GPU under
+    load (benchmarks/results/gpu-h200/summary.md), with room below and above both. Past that, long videos
     and timeouts only need to be counted. Bounds keep three significant digits so the `le` labels stay readable.
     """
     count = math.ceil(math.log(high / low) / math.log(step))
