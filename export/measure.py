@@ -37,18 +37,14 @@ from export.progress import peak_rss_gb, say, step
 from hybrid.onnx_runtime import OnnxRunner
 from hybrid.profiles import PROFILES, SPATIAL_VARIANTS, get_profile
 from hybrid.tables import markdown_table
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+from service.verdict import quantile  # the project's one quantile definition (torch-free)
 
 
 def summary(seconds: list[float]) -> dict[str, float]:
     ms = [s * 1000 for s in seconds]
     return {
-        "p50_ms": statistics.median(ms),
-        "p90_ms": percentile(ms, 0.9),
+        "p50_ms": quantile(ms, 0.5),
+        "p90_ms": quantile(ms, 0.9),
         "mean_ms": statistics.fmean(ms),
         "n": len(ms),
     }

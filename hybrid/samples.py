@@ -29,9 +29,16 @@ def png(height: int = 120, width: int = 160, seed: int = 0) -> bytes:
     return encode_frames(frames(1, height, width, seed), "png")
 
 
+PNGS_PER_SEED = 100_003
+"""`pngs` draws image i of seed s from frame seed s × PNGS_PER_SEED + i, so two calls with different seeds never
+share an image (a cache test relies on it) as long as each asks for fewer than this many."""
+
+
 def pngs(count: int, size: int, seed: int) -> list[bytes]:
-    """`count` different size×size PNGs (seeds `seed`, `seed` + 1, …): a benchmark's or load test's inputs."""
-    return [png(size, size, seed + i) for i in range(count)]
+    """`count` different size×size PNGs, none shared with another seed's: a benchmark's or load test's inputs."""
+    if count > PNGS_PER_SEED:
+        raise ValueError(f"at most {PNGS_PER_SEED} images per seed, asked for {count}")
+    return [png(size, size, seed * PNGS_PER_SEED + i) for i in range(count)]
 
 
 def jpeg(seed: int = 0) -> bytes:
