@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -31,22 +32,30 @@ OVERRIDE_FILE = "profile-overrides.json"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that does not fit the profile's module: the message names the first offending key."""
+    """A checkpoint that cannot be read, or does not fit the module it is for: the message names the first
+    offending key. Raised by this command and by the DINOv2 loader (`hybrid.spatial`) alike."""
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a `.safetensors` file or a `torch.save`d state dict (weights_only: no arbitrary objects)."""
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a `.safetensors` file, or of a `.pt`/`.pth` read with `weights_only=True` (never a full unpickle):
+    the one reader of every checkpoint the service loads."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a file")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(path)
+        return load_file(str(path), device="cpu")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to read is the same message to the user
-        raise CheckpointError(f"{path}: not a readable torch state dict ({type(exc).__name__}: {exc})") from None
-    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise CheckpointError(f"{path}: expected a state dict (a mapping of names to tensors)")
-    return dict(loaded)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # an arbitrary pickle is refused here, by design
+        raise CheckpointError(f"{path.name}: not a plain torch state dict ({exc})") from exc
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path.name}: holds a {type(state).__name__}, not a state dict")
+    bad = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise CheckpointError(f"{path.name}: key {bad!r} is not a tensor")
+    return dict(state)
 
 
 def check_state_dict(kind: str, state: dict[str, torch.Tensor], profile: Profile) -> None:

@@ -20,13 +20,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hybrid.checkpoints import CheckpointError, read_state_dict
 from hybrid.contracts import IMAGE_SIZE
 from hybrid.profiles import SPATIAL_VARIANTS, Profile
 
@@ -38,10 +38,6 @@ HUB_INTERPOLATE_OFFSET = 0.1
 
 _HUB_SWIGLU = re.compile(r"^(blocks\.\d+\.mlp\.)(w12|w3)(\.(?:weight|bias))$")
 _TIMM_SWIGLU = {"w12": "fc1", "w3": "fc2"}  # the giant's packed SwiGLU: same [gate; value] order in both
-
-
-class CheckpointError(ValueError):
-    """A DINOv2 checkpoint that does not fit the configured architecture; the message names the first bad key."""
 
 
 class SpatialEncoder(nn.Module):
@@ -61,27 +57,6 @@ class SpatialEncoder(nn.Module):
         tokens = self.backbone.forward_features(frames.flatten(0, 1).to(self.backbone.patch_embed.proj.weight.dtype))
         patches = tokens[:, self.num_prefix_tokens :]
         return patches.reshape(batch, num_frames * patches.shape[1], patches.shape[2]).float()
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a `.safetensors` file, or of a `.pth`/`.pt` read with `weights_only=True` (never a full unpickle)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"DINOv2 checkpoint {str(path)!r} is not a file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # an arbitrary pickle is refused here, by design
-        raise CheckpointError(f"{path.name}: not a plain torch state dict ({exc})") from exc
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"{path.name}: holds a {type(state).__name__}, not a state dict")
-    bad = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
-    if bad is not None:
-        raise CheckpointError(f"{path.name}: key {bad!r} is not a tensor")
-    return dict(state)
 
 
 def resample_pos_embed_like_hub(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

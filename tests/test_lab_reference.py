@@ -134,7 +134,7 @@ def test_import_never_unpickles_arbitrary_objects(tmp_path: Path) -> None:
     """A .pt holding anything but tensors is refused by torch.load(weights_only=True), before any code runs."""
     evil = tmp_path / "evil.pt"
     torch.save({"model": subprocess.Popen}, evil)  # a class reference: unpickling it would import and call
-    with pytest.raises(CheckpointError, match="not a readable torch state dict"):
+    with pytest.raises(CheckpointError, match="not a plain torch state dict"):
         read_state_dict(evil)
 
 
