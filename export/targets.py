@@ -88,12 +88,16 @@ class TargetOptions:
 
 
 def torch_repository_options(options: TargetOptions) -> RepositoryOptions:
-    """The repository options of the Python-backend models; a torch target's precision becomes the profile dtype
-    (applied on a GPU only: `hybrid.runtime.for_device` keeps fp32 on a CPU)."""
-    if options.target != "torch" or options.precision is None:
+    """The repository options of the Python-backend models: a torch target's precision becomes the profile dtype
+    (applied on a GPU only: `hybrid.runtime.for_device` keeps fp32 on a CPU) and its runtime the profile runtime,
+    both through the models' profile overrides."""
+    if options.target != "torch" or (options.precision is None and options.runtime is None):
         return options.repository
     overrides = json.loads(options.repository.profile_overrides or "{}")
-    overrides["dtype"] = TORCH_DTYPES[options.precision]
+    if options.precision is not None:
+        overrides["dtype"] = TORCH_DTYPES[options.precision]
+    if options.runtime is not None:
+        overrides["runtime"] = options.runtime
     return dataclasses.replace(options.repository, profile_overrides=json.dumps(overrides, sort_keys=True))
 
 
@@ -124,15 +128,10 @@ def embedded_model_config(spec: ModelSpec, options: TargetOptions) -> ModelConfi
 
 
 def build_target(options: TargetOptions) -> Repository:
-    """The target's repository: `export.repository`'s, with the exported models swapped in (or, for `torch`, the
-    runtime set on every Python-backend model)."""
+    """The target's repository: `export.repository`'s, with the exported models swapped in (`torch`: as it is)."""
     repository_options = torch_repository_options(options)
     repository = build_repository(repository_options)
     if options.target == "torch":
-        if options.runtime is not None:
-            for config in repository.configs.values():
-                if config.backend == "python":
-                    set_parameters(config, {"runtime": options.runtime})
         return repository
     profile = get_profile(repository_options.profile, json.loads(repository_options.profile_overrides or "{}"))
     specs = model_specs(profile.vlm.dim, profile.spatial.dim)

@@ -9,7 +9,6 @@ one batch, and answered one by one; a request that fails gets its own error and 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -51,8 +50,6 @@ class ServedModel:
             torch.cuda.set_device(self.device)  # graphs, compiled kernels and allocations on this instance's GPU
         overrides = json.loads(params.get("profile_overrides") or "{}")
         self.profile: Profile = for_device(get_profile(params.get("profile", "tiny"), overrides), self.device)
-        if params.get("runtime"):
-            self.profile = dataclasses.replace(self.profile, runtime=params["runtime"])
         if params.get("torch_threads"):
             torch.set_num_threads(int(params["torch_threads"]))
         # Replies from host memory: Triton's response cache stores only responses whose outputs are on the host.

@@ -143,7 +143,9 @@ def test_torch_target_runtime_switch(runtime: str) -> None:
     assert_ensembles_resolve(configs)
     for name, config in configs.items():
         if config.backend == "python":
-            assert config.parameters["runtime"].string_value == runtime, name
+            params = {k: v.string_value for k, v in config.parameters.items()}
+            profile = get_profile(params["profile"], json.loads(params["profile_overrides"]))
+            assert profile.runtime == runtime and profile.dtype == "bfloat16", name
 
 
 @pytest.mark.parametrize("instance_kind", ["KIND_CPU", "KIND_GPU"])
