@@ -76,6 +76,15 @@ class ServedModel:
     def compiled(self) -> bool:
         return self.profile.runtime == "compiled"
 
+    def run_batch(self, fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
+        """`fn` over a batch; in the compiled runtime padded up to a prepared batch size (and the padding rows
+        dropped), so it replays what was prepared at load. Eager runs the batch as it is."""
+        if not self.compiled:
+            return fn(*inputs)
+        from hybrid.acceleration import run_padded
+
+        return run_padded(fn, *inputs)
+
     def build(self) -> None:
         raise NotImplementedError
 
@@ -183,13 +192,7 @@ class VLMEncoderModel(ServedModel):
             accelerate_vlm(self.vlm, self.device)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        pixels, grid = inputs["VLM_PIXELS"], inputs["VLM_GRID_THW"]
-        if not self.compiled:
-            return {"VLM_TOKENS": self.vlm(pixels, grid)}
-        from hybrid.acceleration import pad_batch, padded_size
-
-        size = padded_size(pixels.shape[0])  # the prepared batch sizes
-        return {"VLM_TOKENS": self.vlm(pad_batch(pixels, size), pad_batch(grid, size))[: pixels.shape[0]]}
+        return {"VLM_TOKENS": self.run_batch(self.vlm, inputs["VLM_PIXELS"], inputs["VLM_GRID_THW"])}
 
 
 class SpatialEncoderModel(ServedModel):
@@ -209,9 +212,7 @@ class SpatialEncoderModel(ServedModel):
 
     @torch.inference_mode()
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        from hybrid.acceleration import run_padded
-
-        return {"SPATIAL_TOKENS": run_padded(self.run, inputs["SPATIAL_PIXELS"].contiguous())}
+        return {"SPATIAL_TOKENS": self.run_batch(self.run, inputs["SPATIAL_PIXELS"].contiguous())}
 
 
 class FusionHeadModel(ServedModel):
@@ -271,9 +272,7 @@ class FusionHeadModel(ServedModel):
                 inputs.get("SPATIAL_TOKENS_MASK"),
             )
             return {"CONDITIONING": conditioning.float()}
-        from hybrid.acceleration import run_padded
-
-        return {"CONDITIONING": run_padded(self.run, *(inputs[n].contiguous() for n in self.input_names))}
+        return {"CONDITIONING": self.run_batch(self.run, *(inputs[n].contiguous() for n in self.input_names))}
 
 
 class VideoDecoderModel(ServedModel):
