@@ -56,13 +56,19 @@ class VLMConfig:
     def dim(self) -> int:
         return int(self.text["hidden_size"])
 
-    def sequence_length(self, visual_tokens: int) -> int:
+    @property
+    def stand_in_template(self) -> tuple[list[int], list[int]]:
+        """`template_ids` as (before, after)."""
+        return list(self.template_ids.get("before", [])), list(self.template_ids.get("after", []))
+
+    def sequence_length(self, visual_tokens: int, template: tuple[list[int], list[int]] | None = None) -> int:
         """Tokens the features hold for `visual_tokens` merged visual tokens (64 per 224² image or frame pair):
-        the visual tokens alone, or with the vision markers and the template around them (random weights; a
-        real tokenizer's template may differ in length, which every consumer accepts: the count is dynamic)."""
+        the visual tokens alone, or with the vision markers and the template around them — `template` as
+        `hybrid.vlm.feature_template` gives it (a real tokenizer's), else the stand-in `template_ids`."""
         if self.features == "visual_tokens" or self.layer == "vision":
             return visual_tokens
-        return len(self.template_ids.get("before", [])) + visual_tokens + 2 + len(self.template_ids.get("after", []))
+        before, after = template if template is not None else self.stand_in_template
+        return len(before) + visual_tokens + 2 + len(after)
 
 
 @dataclass(frozen=True)

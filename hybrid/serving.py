@@ -232,16 +232,22 @@ class FusionHeadModel(ServedModel):
 
             self.run = graphed(self.unmasked, self.device, self.name)
             with torch.inference_mode():
-                for batch in CAPTURE_BATCH_SIZES:  # one 224² image per request
-                    self.run.prepare(*self.example_inputs(batch))
+                for example in self.example_inputs(CAPTURE_BATCH_SIZES):  # one 224² image per request
+                    self.run.prepare(*example)
 
-    def example_inputs(self, batch: int) -> list[torch.Tensor]:
-        """Token inputs of `batch` single-image requests: the VLM features and one frame of DINOv2 patches."""
+    def example_inputs(self, batch_sizes: tuple[int, ...]) -> list[list[torch.Tensor]]:
+        """Token inputs of single-image requests at each batch size: the VLM features (as long as the encoder's
+        template makes them) and one frame of DINOv2 patches, in config order."""
         from hybrid.contracts import SPATIAL_PATCHES_PER_FRAME
+        from hybrid.vlm import feature_template
 
-        lengths = {"VLM_TOKENS": self.profile.vlm.sequence_length(64), "SPATIAL_TOKENS": SPATIAL_PATCHES_PER_FRAME}
+        vlm_tokens = self.profile.vlm.sequence_length(64, feature_template(self.profile))
+        lengths = {"VLM_TOKENS": vlm_tokens, "SPATIAL_TOKENS": SPATIAL_PATCHES_PER_FRAME}
         widths = {"VLM_TOKENS": self.profile.vlm.dim, "SPATIAL_TOKENS": self.profile.spatial.dim}
-        return [torch.zeros(batch, lengths[n], widths[n], device=self.device) for n in self.input_names]
+        return [
+            [torch.zeros(batch, lengths[n], widths[n], device=self.device) for n in self.input_names]
+            for batch in batch_sizes
+        ]
 
     def unmasked(self, *tokens: torch.Tensor) -> torch.Tensor:
         """The head over its token inputs in config order, no padding: what is graphed or compiled."""

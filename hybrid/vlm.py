@@ -63,13 +63,6 @@ class VLMFeatureExtractor(nn.Module):
     def dim(self) -> int:
         return int(self.config.get_text_config().hidden_size)
 
-    def sequence_length(self, visual_tokens: int) -> int:
-        """N of the output for `visual_tokens` merged visual tokens, with this extractor's template (a real
-        tokenizer's may differ in length from the profile's stand-in `VLMConfig.sequence_length`)."""
-        if self.features == "visual_tokens" or self.layer == "vision":
-            return visual_tokens
-        return len(self.before) + visual_tokens + 2 + len(self.after)
-
     def input_ids(self, visual_id: int, visual_tokens: int, batch: int, device: torch.device) -> torch.Tensor:
         cfg = self.config
         ids = [*self.before, cfg.vision_start_token_id, *[visual_id] * visual_tokens, cfg.vision_end_token_id]
@@ -185,7 +178,6 @@ def build_vlm(profile: Profile, device: str | torch.device = "cpu") -> VLMFeatur
 
     cfg = profile.vlm
     dtype = getattr(torch, profile.dtype)
-    template = (cfg.template_ids.get("before", []), cfg.template_ids.get("after", []))
     if profile.random_weights or cfg.checkpoint is None:
         torch.manual_seed(profile.seed)
         # Built on the target device in the target dtype: a 7B model initialized on a CPU in fp32 takes minutes.
@@ -193,8 +185,17 @@ def build_vlm(profile: Profile, device: str | torch.device = "cpu") -> VLMFeatur
             model = Qwen2_5_VLModel._from_config(build_qwen_config(cfg), dtype=dtype)
     else:
         model = Qwen2_5_VLModel.from_pretrained(cfg.checkpoint, dtype=dtype, local_files_only=True)
-        template = chat_template_ids(cfg.checkpoint, cfg.prompt) or template
-    return VLMFeatureExtractor(model.eval().to(device), cfg.features, cfg.layer, template)
+    return VLMFeatureExtractor(model.eval().to(device), cfg.features, cfg.layer, feature_template(profile))
+
+
+def feature_template(profile: Profile) -> tuple[list[int], list[int]]:
+    """The token ids around the vision block of the full-sequence features: the checkpoint's chat template when it
+    ships one, else the profile's stand-in of the same length (random weights, bare checkpoints). The encoder and
+    the heads that prepare graphs for its output length (`hybrid.serving.FusionHeadModel`) both ask here."""
+    cfg = profile.vlm
+    if profile.random_weights or cfg.checkpoint is None:
+        return cfg.stand_in_template
+    return chat_template_ids(cfg.checkpoint, cfg.prompt) or cfg.stand_in_template
 
 
 def chat_template_ids(checkpoint: str, prompt: str) -> tuple[list[int], list[int]] | None:
