@@ -22,11 +22,11 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import httpx
 
 from benchmarks.overhead import analyse, make_inputs, run_pairs
 from hybrid.tables import markdown_table
+from service.local_stack import Stack, running_stack
 from service.verdict import BUDGET, quantile
 
 CLOSED_LOOPS: tuple[tuple[str, int], ...] = (
@@ -43,8 +44,7 @@ CLOSED_LOOPS: tuple[tuple[str, int], ...] = (
     ("encode", 32),
 )
 VARIANTS = ("eager", "compiled")
-GATEWAY_PORT = 8080
-TRITON_HTTP_PORT = 8000
+START_TIMEOUT_S = 540  # a compiled cold start on an H200 took 205 s
 
 
 def git_commit() -> str:
@@ -88,52 +88,19 @@ def write_repository(runtime: str, cache: Path, out: Path) -> None:
     )
 
 
-class Service:
-    """`python -m service` over a repository; `start()` blocks until /readyz is 200 and returns the seconds."""
-
-    def __init__(self, repository: Path, log: Path) -> None:
-        self.repository = repository
-        self.log = log
-        self.process: subprocess.Popen | None = None
-        self.url = f"http://127.0.0.1:{GATEWAY_PORT}"
-
-    def start(self, timeout_s: float = 540) -> float:
-        env = {
-            **os.environ,
-            "HYBRID_MODEL_REPOSITORY": str(self.repository),
-            "HYBRID_PROFILE": "full",
-            "HYBRID_LOG_LEVEL": "warning",
-            "HYBRID_TRITON_START_TIMEOUT_S": str(timeout_s),
-            "HYBRID_MAX_IN_FLIGHT": "128",  # the closed loops measure Triton, not the gateway's admission limit
-            "HYBRID_PORT": str(GATEWAY_PORT),
-            "HYBRID_EMBEDDED_TRITON_LOG": str(self.log.with_name(self.log.stem + "-triton.log")),
-            # A CUDA memory pool so GPU tensors pass between steps without host copies.
-            "HYBRID_EMBEDDED_TRITON_ARGS": (
-                "--cuda-memory-pool-byte-size=0:2147483648 --pinned-memory-pool-byte-size=536870912"
-            ),
-        }
-        started = time.perf_counter()
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "service"], env=env, stdout=log, stderr=log)
-        while time.perf_counter() - started < timeout_s + 60:
-            if self.process.poll() is not None:
-                raise SystemExit(f"the service exited ({self.process.returncode}); see {self.log}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return time.perf_counter() - started
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        raise SystemExit(f"not ready after {timeout_s} s; see {self.log}")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(90)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+def service_env(repository: Path, log: Path) -> dict[str, str]:
+    """The settings a measured stack runs with, beside `running_stack`'s loopback ports."""
+    return {
+        "HYBRID_MODEL_REPOSITORY": str(repository),
+        "HYBRID_PROFILE": "full",
+        "HYBRID_TRITON_START_TIMEOUT_S": str(START_TIMEOUT_S),
+        "HYBRID_MAX_IN_FLIGHT": "128",  # the closed loops measure Triton, not the gateway's admission limit
+        "HYBRID_EMBEDDED_TRITON_LOG": str(log.with_name(log.stem + "-triton.log")),
+        # A CUDA memory pool so GPU tensors pass between steps without host copies.
+        "HYBRID_EMBEDDED_TRITON_ARGS": (
+            "--cuda-memory-pool-byte-size=0:2147483648 --pinned-memory-pool-byte-size=536870912"
+        ),
+    }
 
 
 async def closed_loop(url: str, endpoint: str, concurrency: int, seconds: float, image: bytes) -> dict[str, Any]:
@@ -172,8 +139,8 @@ async def closed_loop(url: str, endpoint: str, concurrency: int, seconds: float,
     }
 
 
-def triton_statistics() -> dict[str, dict[str, float]]:
-    return parse_statistics(httpx.get(f"http://127.0.0.1:{TRITON_HTTP_PORT}/v2/models/stats", timeout=10).json())
+def triton_statistics(triton_http_url: str) -> dict[str, dict[str, float]]:
+    return parse_statistics(httpx.get(f"{triton_http_url}/v2/models/stats", timeout=10).json())
 
 
 def parse_statistics(stats: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -212,47 +179,56 @@ def run_variant(variant: str, out: Path, pairs: int, seconds: float, result: dic
     cache = work / "compile-cache"
     repository = work / "model_repository"
     write_repository(variant, cache, repository)
-    service = Service(repository, out / f"service-{variant}.log")
+    log = out / f"service-{variant}.log"
     try:
-        result["ready_s"] = round(service.start(), 1)
-        print(f"[{variant}] ready in {result['ready_s']} s", flush=True)
-        save()
-        result["gpu_memory_gib"] = round(gpu_memory_gib(), 1)
-        image = make_inputs(1, 224, seed=0)[0]
-        latencies = run_pairs(service.url, pairs, make_inputs(8, 224, seed=0), {"frames": 1}, warmup=3)
-        analysis = analyse(latencies, BUDGET, resamples=5000)
-        result["reconstruct_hybrid_p50_ms"] = round(analysis["reconstruct"]["median_s"]["hybrid"] * 1000, 1)
-        result["encode_hybrid_p50_ms"] = round(analysis["encode"]["median_s"]["hybrid"] * 1000, 1)
-        result["overhead"] = {
-            e: {
-                "median": round(analysis[e]["overhead_median"], 4),
-                "ci95": [round(v, 4) for v in analysis[e]["overhead_ci95"]],
-            }
-            for e in ("reconstruct", "encode")
-        }
-        result["paired"] = {
-            e: {"median_ms": {p: round(v * 1000, 1) for p, v in analysis[e]["median_s"].items()}}
-            for e in ("reconstruct", "encode")
-        }
-        print(f"[{variant}] paired: {json.dumps(result['overhead'])}", flush=True)
-        save()
-        result["closed_loop"] = []
-        for endpoint, concurrency in CLOSED_LOOPS:
-            loop = asyncio.run(closed_loop(service.url, endpoint, concurrency, seconds, image))
-            result["closed_loop"].append(loop)
-            print(f"[{variant}] {json.dumps(loop)}", flush=True)
+        with running_stack(log, service_env(repository, log), START_TIMEOUT_S + 60) as stack:
+            result["ready_s"] = round(stack.ready_s, 1)
+            print(f"[{variant}] ready in {result['ready_s']} s", flush=True)
             save()
-        result["gpu_memory_gib"] = round(max(result["gpu_memory_gib"], gpu_memory_gib()), 1)
-        result["triton_statistics"] = triton_statistics()
-        save()
-        service.stop()
-        result["ready_warm_s"] = round(service.start(), 1)
+            measure(stack, variant, pairs, seconds, result, save)
+        # The warm restart: the same repository, so the compile cache the first start filled.
+        warm_log = out / f"service-{variant}-warm.log"
+        with running_stack(warm_log, service_env(repository, warm_log), START_TIMEOUT_S + 60) as stack:
+            result["ready_warm_s"] = round(stack.ready_s, 1)
         print(f"[{variant}] warm restart ready in {result['ready_warm_s']} s", flush=True)
         save()
     finally:
-        service.stop()
         shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def measure(
+    stack: Stack, variant: str, pairs: int, seconds: float, result: dict[str, Any], save: Callable[[], None]
+) -> None:
+    """Memory, the paired E-P2.6 overhead, the closed loops and Triton's statistics of one running stack."""
+    result["gpu_memory_gib"] = round(gpu_memory_gib(), 1)
+    image = make_inputs(1, 224, seed=0)[0]
+    latencies = run_pairs(stack.gateway_url, pairs, make_inputs(8, 224, seed=0), {"frames": 1}, warmup=3)
+    analysis = analyse(latencies, BUDGET, resamples=5000)
+    result["reconstruct_hybrid_p50_ms"] = round(analysis["reconstruct"]["median_s"]["hybrid"] * 1000, 1)
+    result["encode_hybrid_p50_ms"] = round(analysis["encode"]["median_s"]["hybrid"] * 1000, 1)
+    result["overhead"] = {
+        e: {
+            "median": round(analysis[e]["overhead_median"], 4),
+            "ci95": [round(v, 4) for v in analysis[e]["overhead_ci95"]],
+        }
+        for e in ("reconstruct", "encode")
+    }
+    result["paired"] = {
+        e: {"median_ms": {p: round(v * 1000, 1) for p, v in analysis[e]["median_s"].items()}}
+        for e in ("reconstruct", "encode")
+    }
+    print(f"[{variant}] paired: {json.dumps(result['overhead'])}", flush=True)
+    save()
+    result["closed_loop"] = []
+    for endpoint, concurrency in CLOSED_LOOPS:
+        loop = asyncio.run(closed_loop(stack.gateway_url, endpoint, concurrency, seconds, image))
+        result["closed_loop"].append(loop)
+        print(f"[{variant}] {json.dumps(loop)}", flush=True)
+        save()
+    result["gpu_memory_gib"] = round(max(result["gpu_memory_gib"], gpu_memory_gib()), 1)
+    result["triton_statistics"] = triton_statistics(stack.triton_http_url)
+    save()
 
 
 def summarize(directory: Path) -> dict[str, Any]:
