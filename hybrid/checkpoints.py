@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from hybrid.fusion import HEADS, build_head_module
+from hybrid.fusion import CHECKPOINT_SETTINGS, HEADS, build_head_module
 from hybrid.profiles import PROFILES, Profile, get_profile
 
 OVERRIDE_FILE = "profile-overrides.json"
@@ -80,10 +80,8 @@ def override_for(written: dict[str, Path]) -> dict[str, dict[str, str]]:
     """The profile override that points each head at its safetensors file."""
     override: dict[str, dict[str, str]] = {}
     for kind, path in written.items():
-        if kind == "fusion":
-            override.setdefault("fusion", {})["checkpoint"] = str(path)
-        else:
-            override.setdefault("adapter", {})[f"{kind.split('_')[0]}_checkpoint"] = str(path)
+        section, setting = CHECKPOINT_SETTINGS[kind]
+        override.setdefault(section, {})[setting] = str(path)
     return override
 
 

@@ -229,11 +229,18 @@ def build_head_module(kind: str, profile: Profile) -> nn.Module:
     raise ValueError(f"unknown head {kind!r}; choose one of {', '.join(HEADS)}")
 
 
+CHECKPOINT_SETTINGS: dict[str, tuple[str, str]] = {
+    "fusion": ("fusion", "checkpoint"),
+    "vlm_adapter": ("adapter", "vlm_checkpoint"),
+    "spatial_adapter": ("adapter", "spatial_checkpoint"),
+}
+"""Where the profile names each head's safetensors file: (section, setting), e.g. profile.adapter.vlm_checkpoint."""
+
+
 def head_checkpoint(kind: str, profile: Profile) -> str | None:
     """The safetensors file the profile names for `kind`, if any."""
-    return (
-        profile.fusion.checkpoint if kind == "fusion" else getattr(profile.adapter, f"{kind.split('_')[0]}_checkpoint")
-    )
+    section, setting = CHECKPOINT_SETTINGS[kind]
+    return getattr(getattr(profile, section), setting)
 
 
 def build_fusion_module(kind: str, profile: Profile, device: str | torch.device = "cpu") -> ConditioningHead:

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from hybrid.checkpoints import CheckpointError, check_state_dict, import_checkpoints, main, read_state_dict
-from hybrid.fusion import DINOv2Adapter, HybridFusionModule, build_fusion_module, build_head_module, pad_tokens
+from hybrid.fusion import HEADS, DINOv2Adapter, HybridFusionModule, build_fusion_module, build_head_module, pad_tokens
 from hybrid.profiles import get_profile
 
 DATA = Path(__file__).parent / "data" / "lab_reference"
@@ -90,12 +90,18 @@ def _tiny_state_dict(kind: str, seed: int) -> dict[str, torch.Tensor]:
     return build_head_module(kind, TINY).state_dict()
 
 
+def _saved_like_the_lab(directory: Path, seed: int) -> dict[str, Path]:
+    """Tiny-profile heads with fresh weights, saved as the lab saves them (`torch.save(model.state_dict())`)."""
+    sources = {}
+    for i, kind in enumerate(HEADS):
+        sources[kind] = directory / f"{kind}_best.pt"
+        torch.save(_tiny_state_dict(kind, seed + i), sources[kind])
+    return sources
+
+
 def test_import_round_trip_serves_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """.pt (as the lab saves) → import → safetensors + override → the served head holds exactly those weights."""
-    sources = {}
-    for i, kind in enumerate(("fusion", "vlm_adapter", "spatial_adapter")):
-        sources[kind] = tmp_path / f"{kind}_best.pt"
-        torch.save(_tiny_state_dict(kind, 100 + i), sources[kind])
+    sources = _saved_like_the_lab(tmp_path, seed=100)
     written = import_checkpoints(sources, TINY, tmp_path / "weights")
     override_file = tmp_path / "weights" / "profile-overrides.json"
     assert json.loads(override_file.read_text()) == {
@@ -175,10 +181,7 @@ def test_the_service_serves_imported_checkpoints(tmp_path: Path, monkeypatch: py
     from hybrid.pipeline import ReferencePipeline
     from service.local_stack import running_stack
 
-    sources = {}
-    for i, kind in enumerate(("fusion", "vlm_adapter", "spatial_adapter")):
-        sources[kind] = tmp_path / f"{kind}_best.pt"
-        torch.save(_tiny_state_dict(kind, 200 + i), sources[kind])
+    sources = _saved_like_the_lab(tmp_path, seed=200)
     import_checkpoints(sources, TINY, tmp_path / "weights")
     overrides = str(tmp_path / "weights" / "profile-overrides.json")
     data = samples.png(seed=8)
