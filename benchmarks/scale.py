@@ -37,7 +37,7 @@ import httpx
 from hybrid.samples import png
 from hybrid.tables import markdown_table
 from service.embedded_triton import EmbeddedTriton
-from service.local_stack import free_port, running_stack
+from service.local_stack import free_ports, running_stack
 from service.verdict import quantile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,9 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         replicas = [
             EmbeddedTriton(
                 args.model_repository,
-                http_port=free_port(),
-                grpc_port=free_port(),
-                metrics_port=free_port(),
+                **dict(zip(("http_port", "grpc_port", "metrics_port"), free_ports(3), strict=True)),
                 log_path=workdir / f"triton-{i}.log",
                 extra_args=list(args.triton_arg),
                 env={"CUDA_VISIBLE_DEVICES": "" if device == "cpu" else device},

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +23,18 @@ class StackError(RuntimeError):
     pass
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports. All sockets stay bound until every port is chosen: closing each one
+    first lets the kernel hand the same port out twice (seen: the gateway's port given to Triton's metrics too)."""
+    with ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,7 @@ class Stack:
 @contextmanager
 def running_stack(log_path: Path, env: dict[str, str] | None = None, timeout_s: float = 600) -> Iterator[Stack]:
     """Start the service with `env` added to HYBRID_* port settings; yield once ready; stop it on exit."""
-    ports = {name: free_port() for name in ("gateway", "http", "grpc", "metrics")}
+    ports = dict(zip(("gateway", "http", "grpc", "metrics"), free_ports(4), strict=True))
     full_env = {
         **os.environ,
         "HYBRID_PORT": str(ports["gateway"]),
@@ -84,9 +92,11 @@ def _wait_ready(process: subprocess.Popen, url: str, log_path: Path, deadline: f
         if process.poll() is not None:
             raise StackError(f"the service exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            reply = httpx.get(f"{url}/readyz", timeout=2)
+            # The gateway's own answer, not another server's 200 on a port it failed to bind.
+            if reply.status_code == 200 and reply.json().get("ready") is True:
                 return
-        except httpx.HTTPError:
+        except (httpx.HTTPError, ValueError):
             pass
         if time.perf_counter() > deadline:
             raise StackError(f"the service was not ready in time:\n{log_path.read_text()[-4000:]}")

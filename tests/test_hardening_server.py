@@ -18,7 +18,7 @@ from benchmarks.hardening_probes import MiB, chunked_upload_until_refused, multi
 from hybrid import samples
 from service.app import create_app
 from service.http_protocol import header_timeout_protocol
-from service.local_stack import free_port
+from service.local_stack import free_ports
 from service.settings import Settings
 
 CLIENT_TIMEOUT_S = 1.0  # the silence a client is allowed here (30 s by default)
@@ -27,8 +27,8 @@ WAIT_S = 10.0  # how long a test waits for the server's reaction before failing
 
 def serve(**overrides: object) -> Iterator[tuple[str, int]]:
     values: dict = {"request_timeout_s": 5, "client_timeout_s": CLIENT_TIMEOUT_S, **overrides}
-    settings = Settings(triton_grpc_url=f"127.0.0.1:{free_port()}", **values)
-    port = free_port()
+    triton_port, port = free_ports(2)
+    settings = Settings(triton_grpc_url=f"127.0.0.1:{triton_port}", **values)
     config = uvicorn.Config(
         create_app(settings),
         host="127.0.0.1",

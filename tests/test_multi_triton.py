@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient
 from hybrid import samples
 from service.app import create_app
 from service.embedded_triton import EmbeddedTriton
-from service.local_stack import ROOT, Stack, StackError, free_port, running_stack
+from service.local_stack import ROOT, Stack, StackError, free_ports, running_stack
 from service.settings import Settings
 from service.triton_client import TargetError, parse_target
 
@@ -56,9 +56,7 @@ def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoReplicas]:
     replicas = [
         EmbeddedTriton(
             ROOT / "model_repository",
-            http_port=free_port(),
-            grpc_port=free_port(),
-            metrics_port=free_port(),
+            **dict(zip(("http_port", "grpc_port", "metrics_port"), free_ports(3), strict=True)),
             log_path=workdir / f"triton-{i}.log",
         )
         for i in range(2)
@@ -161,7 +159,7 @@ def test_killing_a_replica_keeps_the_service_answering(two: TwoReplicas) -> None
 
 def test_a_gateway_with_no_replica_left_is_not_ready() -> None:
     """Both addresses dead: /readyz is 503 and names each replica's error; a request is 503 after its retries."""
-    addresses = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(2)]
     settings = Settings(triton_grpc_url="ipv4:" + ",".join(addresses), request_timeout_s=5)
     with TestClient(create_app(settings)) as client:
         ready = client.get("/readyz")
