@@ -146,9 +146,12 @@ def run(settings: StudySettings, command: str, out: Path) -> dict[str, Any]:
     measured: dict = {}
     if "components" in parts:
         configs = [(b, f) for b in settings.batches for f in settings.frames]
-        measured = measure_components(settings, configs, settings.dtypes, settings.components)
-        study["variants"] = variant_entries(settings, measured)
-        save()
+
+        def progress(so_far: dict) -> None:
+            study["variants"] = variant_entries(settings, so_far)
+            save()
+
+        measured = measure_components(settings, configs, settings.dtypes, settings.components, progress)
     if "memory" in parts:
         study["memory_table"] = memory_part(settings, measured, dtype)
         save()

@@ -247,10 +247,15 @@ def measure_model(
 
 
 def measure_components(
-    settings: StudySettings, configs: Sequence[tuple[int, int]], dtypes: Sequence[str], components: Sequence[str]
+    settings: StudySettings,
+    configs: Sequence[tuple[int, int]],
+    dtypes: Sequence[str],
+    components: Sequence[str],
+    on_model: Callable[[dict], None] | None = None,
 ) -> dict[tuple[str, str | None, str | None], dict[str, Any]]:
     """Every component at every (batch, frames) in `configs`, keyed (component, variant or None, dtype or None):
-    per-variant models once per variant, host-only models once (no dtype), the rest once per dtype."""
+    per-variant models once per variant, host-only models once (no dtype), the rest once per dtype.
+    `on_model(measured)` runs after each model, so a run cut short by the device's time limit keeps what it timed."""
     measured: dict[tuple[str, str | None, str | None], dict[str, Any]] = {}
     for component in components:
         variants: Sequence[str | None] = settings.variants if component in PER_VARIANT else [None]
@@ -263,6 +268,8 @@ def measure_components(
                 overrides = profile_overrides(settings, **extra)
                 print(f"[components] {component} {variant or ''} {dtype or 'host'}", flush=True)
                 measured[(component, variant, dtype)] = measure_model(component, settings, overrides, configs)
+                if on_model is not None:
+                    on_model(measured)
     return measured
 
 
