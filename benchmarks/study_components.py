@@ -127,30 +127,31 @@ def modules_of(model: Any) -> list[Any]:
     return found
 
 
-def serving_model(component: str, settings: StudySettings, overrides: dict[str, Any], runtime: str) -> Any:
-    """`hybrid.serving`'s class for `component`, initialized from the config Triton would hand it (name, tensor
-    names, the parameters `export.repository` writes), on the study's device."""
-    from export.repository import PYTHON_MODELS
-    from hybrid import serving
+def triton_model_config(component: str, settings: StudySettings, overrides: dict[str, Any], runtime: str) -> dict:
+    """The model config Triton would hand `component`'s Python backend: name, tensor names, and the parameters
+    `export.repository` writes (profile, device, profile overrides — which carry the runtime, as in serving)."""
     from hybrid.contracts import model_specs
     from hybrid.profiles import get_profile
 
+    overrides = {**overrides, "runtime": runtime}
     profile = get_profile(settings.profile, overrides)
     spec = model_specs(profile.vlm.dim, profile.spatial.dim)[component]
-    params = {
-        "profile": settings.profile,
-        "device": settings.device,
-        "profile_overrides": json.dumps(overrides),
-        "runtime": runtime,
-    }
-    config = {
+    params = {"profile": settings.profile, "device": settings.device, "profile_overrides": json.dumps(overrides)}
+    return {
         "name": component,
         "parameters": {k: {"string_value": v} for k, v in params.items()},
         "input": [{"name": t.name} for t in spec.inputs],
         "output": [{"name": t.name} for t in spec.outputs],
     }
+
+
+def serving_model(component: str, settings: StudySettings, overrides: dict[str, Any], runtime: str) -> Any:
+    """`hybrid.serving`'s class for `component`, initialized from `triton_model_config`, on the study's device."""
+    from export.repository import PYTHON_MODELS
+    from hybrid import serving
+
     model = getattr(serving, PYTHON_MODELS[component])()
-    model.initialize({"model_config": json.dumps(config)})
+    model.initialize({"model_config": json.dumps(triton_model_config(component, settings, overrides, runtime))})
     return model
 
 

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from benchmarks import study
+from benchmarks.study_components import triton_model_config
 from benchmarks.study_report import critical_path_ms, recommend
-from benchmarks.study_settings import CACHED_MODELS, COMPONENTS, PER_VARIANT
+from benchmarks.study_settings import CACHED_MODELS, COMPONENTS, PER_VARIANT, StudySettings
 from export.repository import PYTHON_MODELS, RepositoryOptions, build_repository
 
 STAGE_KEYS = {"p50_ms", "p95_ms", "gpu_memory_gib"}
@@ -22,6 +23,21 @@ CACHE_REQUESTS = 4
 
 
 # --- the repository option ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("runtime", ["eager", "compiled"])
+def test_each_component_runs_in_the_runtime_the_study_names(runtime: str) -> None:
+    # The serving classes read the runtime from the profile overrides (as export.repository writes them); a
+    # runtime passed anywhere else is ignored and every model silently runs in the profile's default.
+    from hybrid.profiles import get_profile
+
+    settings = StudySettings(profile="full", device="cuda", runtime="compiled", eager=("video_decoder",))
+    config = triton_model_config("video_decoder", settings, {"dtype": "float16"}, settings.runtime_of("video_decoder"))
+    overrides = json.loads(config["parameters"]["profile_overrides"]["string_value"])
+    assert get_profile("full", overrides).runtime == "eager"
+    config = triton_model_config("fusion", settings, {}, runtime)
+    overrides = json.loads(config["parameters"]["profile_overrides"]["string_value"])
+    assert get_profile(config["parameters"]["profile"]["string_value"], overrides).runtime == runtime
 
 
 def test_response_cache_is_off_unless_asked_and_touches_only_the_chosen_models() -> None:
