@@ -6,19 +6,19 @@ overhead of hybrid over vlm per DINOv2 variant.
     python -m benchmarks.study merge DIR/study-*.json [--out benchmarks/results]
         # → e-p2-6-study.json, e-p2-6-study.md, e-p2-6-study-latency.png, e-p2-6-study-memory.png
 
-On an H200, in two calls of under 10 minutes each (full profile, random weights: latency does not depend on
-weight values; HYBRID_COMMIT=<commit> where the tree has no git history):
+On an H200 (full profile, random weights: latency does not depend on weight values; HYBRID_COMMIT=<commit> where
+the tree has no git history), in calls of under 10 minutes each — the commands the committed results came from,
+and what each call reached, are in the README's "E-P2.6 study":
 
-    python -m benchmarks.study run --profile full --parts components,memory,ablation \
-        --eager vlm_encoder,video_decoder --out $OUT
+    python -m benchmarks.study run --profile full --parts components --out $OUT                    # served runtime
     python -m benchmarks.study run --profile full --parts overhead,cache --service-runtime eager --out $OUT
+    python -m benchmarks.study run --profile full --parts memory,ablation --eager vlm_encoder,video_decoder --out $OUT
+    python -m benchmarks.study run --profile full --parts overhead --service-runtime compiled --out $OUT
 
-The first measures DINOv2 and the heads with the served CUDA graphs, and Qwen2.5-VL and LTX-Video eagerly: their
-compiled runtime takes minutes to compile per precision and batch size (two precisions would not fit one call).
-The second starts the service once per DINOv2 variant and once with the response cache, eager: ready in ~20 s
-each. The served runtime is `compiled` (`--service-runtime compiled`): its first start compiles for ~200 s, later
-ones reuse the run's shared Inductor cache (~50 s; benchmarks/results/gpu-h200), which leaves little margin in one
-call: run it as a third call (`--parts overhead`) when there is time.
+The compiled runtime costs minutes of compiling per model, precision and batch size (Qwen2.5-VL and LTX-Video
+most): `--eager` names components to run eagerly where only their memory or a quick figure is wanted. An eager
+service is ready in ~20 s; a compiled one compiles for ~300 s cold, and later starts in the same run reuse its
+shared Inductor cache.
 
 Parts (`--parts`, any subset; each `run` rewrites DIR/study-<parts>.json after every step, so a run cut short keeps
 what it measured; `merge` combines any number of them, later figures replacing earlier ones):
@@ -125,6 +125,7 @@ def run(settings: StudySettings, command: str, out: Path) -> dict[str, Any]:
         "memory_table": [],
         "cache": {},
         "fusion_ablation": [],
+        "overheads": [],
         "runs": [
             {
                 "command": command,
@@ -174,6 +175,9 @@ def run(settings: StudySettings, command: str, out: Path) -> dict[str, Any]:
                 entry = find_entry(study["variants"], variant, service_dtype, 1, 1)
                 entry["overhead_encode"] = result["encode"]
                 entry["overhead_end_to_end"] = result["end_to_end"]
+                study["overheads"].append(
+                    {"spatial": variant, "dtype": service_dtype, "runtime": settings.service_runtime, **result}
+                )
                 save()
     print(f"wrote {path}", flush=True)
     return study

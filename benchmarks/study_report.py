@@ -32,10 +32,14 @@ def merge(studies: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "memory_table": [],
         "cache": {},
         "fusion_ablation": [],
+        "overheads": [],
         "runs": [run for s in studies for run in s.get("runs", [])],
     }
     ablation: dict[tuple, dict[str, Any]] = {}
+    overheads: dict[tuple, dict[str, Any]] = {}
     for study in studies:
+        for row in overhead_rows(study):
+            overheads[(row["spatial"], row["dtype"], row["runtime"])] = row
         for entry in study.get("variants", []):
             target = find_entry(merged["variants"], entry["spatial"], entry["dtype"], entry["batch"], entry["frames"])
             target["stages"].update(entry.get("stages", {}))
@@ -48,7 +52,27 @@ def merge(studies: Sequence[dict[str, Any]]) -> dict[str, Any]:
             ablation[(row["num_layers"], row["num_queries"], row["dtype"], row["batch"])] = row
     merged["variants"].sort(key=lambda e: (SPATIAL_VARIANTS.index(e["spatial"]), e["dtype"], e["batch"], e["frames"]))
     merged["fusion_ablation"] = [ablation[k] for k in sorted(ablation)]
+    merged["overheads"] = sorted(overheads.values(), key=lambda r: (SPATIAL_VARIANTS.index(r["spatial"]), r["runtime"]))
     return merged
+
+
+def overhead_rows(study: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every through-Triton overhead measurement of a study: {spatial, dtype, runtime, encode, end_to_end}.
+    A variant entry holds one overhead (the latest partial's); this list keeps each service runtime's, so a
+    compiled figure and an eager one of the same variant are both reported."""
+    if "overheads" in study:
+        return list(study["overheads"])
+    return [
+        {
+            "spatial": e["spatial"],
+            "dtype": e["dtype"],
+            "runtime": e["overhead_encode"].get("runtime", "eager"),
+            "encode": e["overhead_encode"],
+            "end_to_end": e["overhead_end_to_end"],
+        }
+        for e in study["variants"]
+        if e.get("overhead_encode") and e.get("overhead_end_to_end")
+    ]
 
 
 def critical_path_ms(stages: dict[str, dict[str, Any]], pipeline: str, key: str = "p50_ms") -> float | None:
@@ -185,10 +209,14 @@ def markdown(study: dict[str, Any]) -> str:
     ]
     for run_info in study.get("runs", []):
         s = run_info["settings"]
+        by_runtime: dict[str, list[str]] = {}
+        for component, runtime in run_info.get("stage_runtimes", {}).items():
+            by_runtime.setdefault(runtime, []).append(component)
+        runtimes = "; ".join(f"{r}: {', '.join(c)}" for r, c in by_runtime.items())
         lines.append(
-            f"- `{run_info['command']}`: profile {s['profile']}, runtime {s['runtime']} (eager: "
-            f"{', '.join(s['eager']) or 'none'}), service runtime {s['service_runtime']}, {s['repeats']} calls "
-            f"(≤ {s['max_seconds']} s) after {s['warmup']} warm-up"
+            f"- `{run_info['command']}`: profile {s['profile']}, components ran {runtimes or '–'}, service runtime "
+            f"{s['service_runtime']}, {s['repeats']} calls (≤ {s['max_seconds']} s) after {s['warmup']} warm-up"
+            + (f". {run_info['note']}" if run_info.get("note") else "")
         )
     stages = [c for c in COMPONENTS if any(c in e["stages"] for e in study["variants"])]
     if stages:
@@ -209,7 +237,7 @@ def markdown(study: dict[str, Any]) -> str:
             )
         head = ["DINOv2", "dtype", "batch", "frames", *stages, "hybrid path p50", "vlm path p50", "DINOv2 GiB"]
         lines += markdown_table(head, rows, align="llrr" + "r" * (len(stages) + 3))
-    overheads = [e for e in study["variants"] if e.get("overhead_encode")]
+    overheads = overhead_rows(study)
     if overheads:
         lines += [
             "",
@@ -217,12 +245,13 @@ def markdown(study: dict[str, Any]) -> str:
             "",
         ]
         rows = [
-            [e["spatial"], o["runtime"], f"{o['median_ms']['hybrid']} ms", f"{o['median_ms']['vlm']} ms", _pct(o)]
+            [r["spatial"], r["dtype"], r["runtime"], r["end_to_end"]["pairs"]]
+            + [f"{o['median_ms']['hybrid']} ms", f"{o['median_ms']['vlm']} ms", _pct(o)]
             + [f"{c['median_ms']['hybrid']} ms", f"{c['median_ms']['vlm']} ms", _pct(c)]
-            for e, o, c in ((e, e["overhead_end_to_end"], e["overhead_encode"]) for e in overheads)
+            for r, o, c in ((r, r["end_to_end"], r["encode"]) for r in overheads)
         ]
-        head = ["DINOv2", "runtime", "hybrid /reconstruct", "vlm /reconstruct", "end to end", "hybrid /encode"]
-        lines += markdown_table([*head, "vlm /encode", "encode"], rows, align="llrrlrrl")
+        head = ["DINOv2", "dtype", "runtime", "pairs", "hybrid /reconstruct", "vlm /reconstruct", "end to end"]
+        lines += markdown_table([*head, "hybrid /encode", "vlm /encode", "encode"], rows, align="lllrrrlrrl")
     if study.get("memory_table"):
         rows = study["memory_table"]
         lines += [

@@ -12,13 +12,13 @@ import pytest
 
 from benchmarks import study
 from benchmarks.study_components import triton_model_config
-from benchmarks.study_report import critical_path_ms, recommend
+from benchmarks.study_report import critical_path_ms, markdown, merge, recommend
 from benchmarks.study_settings import CACHED_MODELS, COMPONENTS, PER_VARIANT, StudySettings
 from export.repository import PYTHON_MODELS, RepositoryOptions, build_repository
 
 STAGE_KEYS = {"p50_ms", "p95_ms", "gpu_memory_gib"}
 ENTRY_KEYS = {"spatial", "dtype", "batch", "frames", "stages", "overhead_encode", "overhead_end_to_end"}
-TOP_KEYS = {"device", "commit", "command", "variants", "memory_table", "cache", "fusion_ablation"}
+TOP_KEYS = {"device", "commit", "command", "variants", "memory_table", "cache", "fusion_ablation", "overheads"}
 CACHE_REQUESTS = 4
 
 
@@ -233,3 +233,28 @@ def test_rule_needs_every_figure() -> None:
     figures["memory_table"] = []  # no memory measured: the memory target cannot be checked
     assert recommend(figures)["pick"] is None
     assert "missing" in recommend(figures)["reason"]
+
+
+def test_merge_keeps_each_service_runtimes_overhead() -> None:
+    # An eager sweep over the variants, then a compiled figure for L: the L entry takes the later (compiled) one,
+    # and the overhead table keeps all three measurements with their runtime.
+    def partial(variants: dict[str, str]) -> dict[str, Any]:
+        entries = []
+        for variant, runtime in variants.items():
+            figure = {**_overhead(0.1), "runtime": runtime, "pairs": 20}
+            figure["median_ms"] = {"hybrid": 101.0, "vlm": 100.0}
+            entries.append({"spatial": variant, "dtype": "bfloat16", "batch": 1, "frames": 1, "stages": {},
+                            "overhead_encode": figure, "overhead_end_to_end": figure})  # fmt: skip
+        return {"device": "H200", "commit": "c", "command": "run", "variants": entries, "runs": []}
+
+    merged = merge([partial({"vitb14": "eager", "vitl14": "eager"}), partial({"vitl14": "compiled"})])
+    assert [(r["spatial"], r["runtime"]) for r in merged["overheads"]] == [
+        ("vitb14", "eager"),
+        ("vitl14", "compiled"),
+        ("vitl14", "eager"),
+    ]
+    by_variant = {e["spatial"]: e for e in merged["variants"]}
+    assert by_variant["vitl14"]["overhead_encode"]["runtime"] == "compiled"
+    assert by_variant["vitb14"]["overhead_encode"]["runtime"] == "eager"
+    table = markdown(merged)
+    assert "| vitl14 | bfloat16 | compiled | 20 |" in table and "| vitl14 | bfloat16 | eager | 20 |" in table
