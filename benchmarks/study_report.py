@@ -386,7 +386,7 @@ def charts(study: dict[str, Any], stem: Path) -> list[Path]:
             (key, label)
             for key, label in (
                 ("parameters_gib", "parameters and buffers"),
-                ("loaded_gib", "allocated once built (with graphs)"),
+                ("loaded_gib", "allocated once built (with any CUDA graphs)"),
                 ("peak_batch1_gib", "peak serving batch 1"),
             )
             if all(r[key] is not None for r in rows)
@@ -397,7 +397,7 @@ def charts(study: dict[str, Any], stem: Path) -> list[Path]:
         ax.set_xticks(x, [r["configuration"] for r in rows])
         ax.set_ylabel("GiB (sum over the configuration's models)")
         ax.set_title(f"Memory per configuration ({rows[0]['dtype']}) — {study['device']}", fontsize=10)
-        ax.legend()
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=len(series), fontsize=8)
         fig.tight_layout()
         written.append(stem.with_name(stem.name + "-memory.png"))
         fig.savefig(written[-1], dpi=110)
