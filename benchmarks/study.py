@@ -125,7 +125,6 @@ def run(settings: StudySettings, command: str, out: Path) -> dict[str, Any]:
         "memory_table": [],
         "cache": {},
         "fusion_ablation": [],
-        "overheads": [],
         "runs": [
             {
                 "command": command,
@@ -175,9 +174,6 @@ def run(settings: StudySettings, command: str, out: Path) -> dict[str, Any]:
                 entry = find_entry(study["variants"], variant, service_dtype, 1, 1)
                 entry["overhead_encode"] = result["encode"]
                 entry["overhead_end_to_end"] = result["end_to_end"]
-                study["overheads"].append(
-                    {"spatial": variant, "dtype": service_dtype, "runtime": settings.service_runtime, **result}
-                )
                 save()
     print(f"wrote {path}", flush=True)
     return study

@@ -58,15 +58,16 @@ def merge(studies: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def overhead_rows(study: dict[str, Any]) -> list[dict[str, Any]]:
     """Every through-Triton overhead measurement of a study: {spatial, dtype, runtime, encode, end_to_end}.
-    A variant entry holds one overhead (the latest partial's); this list keeps each service runtime's, so a
-    compiled figure and an eager one of the same variant are both reported."""
+    A partial runs one service runtime, so its variant entries hold them all; a merged study's entries hold one
+    per variant (the latest partial's), and its `overheads` list keeps each runtime's, so a compiled figure and an
+    eager one of the same variant are both reported."""
     if "overheads" in study:
         return list(study["overheads"])
     return [
         {
             "spatial": e["spatial"],
             "dtype": e["dtype"],
-            "runtime": e["overhead_encode"].get("runtime", "eager"),
+            "runtime": e["overhead_encode"]["runtime"],
             "encode": e["overhead_encode"],
             "end_to_end": e["overhead_end_to_end"],
         }
