@@ -36,6 +36,8 @@ from service.settings import Settings
 Pipeline = Enum("Pipeline", {p: p for p in PIPELINES}, type=str)  # type: ignore[misc]
 OutputFormat = Enum("OutputFormat", {f: f for f in OUTPUT_FORMATS}, type=str)  # type: ignore[misc]
 DEFAULT_PIPELINE = Pipeline("hybrid")
+PipelineParam = Annotated[Pipeline, Query(description="hybrid, vlm (baseline) or spatial (baseline)")]
+SINGLE_FRAME_REFUSAL = "format: png holds one frame; ask for webp, gif, mp4 or npz"
 
 INPUTS = "PNG, JPEG or WebP image; animated GIF, WebP or PNG, MP4 or WebM video"
 UPLOAD_BODY: dict[str, Any] = {
@@ -121,9 +123,7 @@ def inference_router(settings: Settings) -> APIRouter:
     async def reconstruct(
         request: Request,
         gateway: GatewayDep,
-        pipeline: Annotated[Pipeline, Query(description="hybrid, vlm (baseline) or spatial (baseline)")] = (
-            DEFAULT_PIPELINE
-        ),
+        pipeline: PipelineParam = DEFAULT_PIPELINE,
         frames: Annotated[
             int | None,
             Query(
@@ -151,8 +151,8 @@ def inference_router(settings: Settings) -> APIRouter:
             raise bad_parameter(gateway, f"frames: LTX-Video decodes 8k+1 frames (1, 9, 17, …), got {frames}")
         if frames is not None and frames > limits.max_output_frames:
             raise bad_parameter(gateway, f"frames: at most {limits.max_output_frames}, got {frames}")
-        if frames is not None and frames > 1 and format is OutputFormat("png"):
-            raise bad_parameter(gateway, "format: png holds one frame; ask for webp, gif, mp4 or npz")
+        if frames is not None and frames > 1 and format is not None and format.value in SINGLE_FRAME_FORMATS:
+            raise bad_parameter(gateway, SINGLE_FRAME_REFUSAL)  # before reading the upload
         since = time.perf_counter()
         upload = await receive_upload(request, gateway)
         timer.add("decode", since)
@@ -160,7 +160,7 @@ def inference_router(settings: Settings) -> APIRouter:
             frames = min(round_up_frames(upload.num_frames), limits.max_output_frames)
         fmt = (format or (OutputFormat("png") if frames == 1 else OutputFormat("webp"))).value
         if frames > 1 and fmt in SINGLE_FRAME_FORMATS:
-            raise bad_parameter(gateway, "format: png holds one frame; ask for webp, gif, mp4 or npz")
+            raise bad_parameter(gateway, SINGLE_FRAME_REFUSAL)
         inputs: dict[str, np.ndarray] = {
             "MEDIA": np.frombuffer(upload.media, dtype=np.uint8)[None],
             "NUM_FRAMES": np.array([[frames]], dtype=np.int32),
@@ -199,9 +199,7 @@ def inference_router(settings: Settings) -> APIRouter:
     async def encode(
         request: Request,
         gateway: GatewayDep,
-        pipeline: Annotated[Pipeline, Query(description="hybrid, vlm (baseline) or spatial (baseline)")] = (
-            DEFAULT_PIPELINE
-        ),
+        pipeline: PipelineParam = DEFAULT_PIPELINE,
         _triton: Annotated[None, Depends(require_triton)] = None,
         _slot: Annotated[None, Depends(admit)] = None,
     ) -> Response:
