@@ -25,8 +25,8 @@ from tritonclient.grpc.model_config_pb2 import DataType, ModelConfig, ModelInput
 from hybrid.contracts import (
     CONDITIONING,
     ENCODE_CHAINS,
+    FRAMES,
     MAX_BATCH_SIZE,
-    MEDIA,
     NUM_FRAMES,
     PIPELINES,
     SEED,
@@ -56,7 +56,10 @@ class RepositoryOptions:
     profile: str = "tiny"
     profile_overrides: str = ""  # JSON, passed to the models as a config parameter
     instance_kind: str = "KIND_CPU"  # KIND_GPU on a GPU host
-    max_queue_delay_us: int = 1000
+    # How long the batcher holds a request for more to batch with. None: under load requests queue while a model
+    # is busy and batch anyway, while at low load every held microsecond is latency (1 ms per step before: 4 ms of
+    # a one-frame hybrid reconstruction on an H200, benchmarks/results/gpu-h200/variant-compiled.json).
+    max_queue_delay_us: int = 0
     # Composing models answered from Triton's response cache (`response_cache { enable: true }`; the server needs
     # `--cache-config`). None by default: the checked-in repository caches nothing.
     response_cache: tuple[str, ...] = ()
@@ -70,7 +73,6 @@ class RepositoryOptions:
 
 GPU_PREFERRED_BATCH_SIZES: tuple[int, ...] = (4, 8)
 """The batches the dynamic batcher aims for on a GPU: the compiled runtime's prepared sizes above 1."""
-PREPROCESS_GPU_HOST_INSTANCES = 4
 
 RAGGED_INPUT_MODELS: frozenset[str] = frozenset({"fusion", "vlm_adapter", "spatial_adapter"})
 """Python-backend heads that pad and mask token streams themselves (`FusionHeadModel.collate`): their token
@@ -137,17 +139,13 @@ def python_model_config(spec: ModelSpec, options: RepositoryOptions) -> ModelCon
             tensor.allow_ragged_batch = True
     gpu = options.instance_kind == "KIND_GPU"
     if spec.dynamic_batching:
+        config.dynamic_batching.SetInParent()  # present even when every field keeps its default
         config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
         if gpu:
             # On a GPU the compiled models hold graphs for batches of 1, 4 and 8 (hybrid.acceleration): ask the
             # batcher for those sizes.
             config.dynamic_batching.preferred_batch_size.extend(GPU_PREFERRED_BATCH_SIZES)
-    # Preprocess decodes media on the CPU, one request at a time: on a GPU host several instances keep it off
-    # the critical path under load (a GPU host has the cores; the embedded CPU run has two).
-    if spec.name == "preprocess":
-        add_instance_group(config, "KIND_CPU", PREPROCESS_GPU_HOST_INSTANCES if gpu else 1)
-    else:
-        add_instance_group(config, options.instance_kind)
+    add_instance_group(config, options.instance_kind)
     params = {"profile": options.profile, "device": "auto"}
     if options.profile_overrides:
         params["profile_overrides"] = options.profile_overrides
@@ -156,7 +154,7 @@ def python_model_config(spec: ModelSpec, options: RepositoryOptions) -> ModelCon
         params["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
     if spec.name in options.response_cache:
         config.response_cache.enable = True
-        if gpu and spec.name != "preprocess":
+        if gpu:
             # Triton caches only responses whose outputs are in host memory: a cached GPU model replies from there.
             params["host_outputs"] = "yes"
     set_parameters(config, params)
@@ -168,7 +166,7 @@ def ensemble_config(kind: str, pipeline: str, specs: dict[str, ModelSpec]) -> Mo
     after their contract names throughout the ensemble."""
     chain = list(ENCODE_CHAINS[pipeline]) + (["video_decoder"] if kind == "reconstruct" else [])
     by_name = {t.name: t for s in specs.values() for t in (*s.inputs, *s.outputs)}
-    inputs = [by_name[MEDIA]] + ([by_name[n] for n in (NUM_FRAMES, STEPS, SEED)] if kind == "reconstruct" else [])
+    inputs = [by_name[FRAMES]] + ([by_name[n] for n in (NUM_FRAMES, STEPS, SEED)] if kind == "reconstruct" else [])
     output = by_name[VIDEO] if kind == "reconstruct" else by_name[CONDITIONING]
     config = ModelConfig(name=ensemble_name(kind, pipeline), platform="ensemble", max_batch_size=MAX_BATCH_SIZE)
     set_io(config, tuple(inputs), (output,))

@@ -22,6 +22,8 @@ NUM_QUERIES = 64
 CONDITIONING_DIM = 4096
 """LTX-Video's caption width (T5-XXL): the fusion output replaces the text encoder's embeddings."""
 MAX_BATCH_SIZE = 8
+MAX_INPUT_FRAMES = 16
+"""Frames a clip may bring in (HYBRID_MAX_INPUT_FRAMES's default); the compiled runtime prepares every count."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,8 @@ class TensorSpec:
 
 
 # Names shared by ensembles and models.
-MEDIA = "MEDIA"
+FRAMES = "FRAMES"
+"""The ensembles' input: the gateway's decoded frames, resized to IMAGE_SIZE, [F, 224, 224, 3] uint8 (RGB)."""
 NUM_FRAMES = "NUM_FRAMES"
 STEPS = "STEPS"
 SEED = "SEED"
@@ -63,7 +66,7 @@ class ModelSpec:
 
 def model_specs(vlm_dim: int, spatial_dim: int) -> dict[str, ModelSpec]:
     """Every composing model's interface; `vlm_dim`/`spatial_dim` are the encoders' token widths."""
-    media = TensorSpec(MEDIA, "UINT8", (-1,))
+    frames = TensorSpec(FRAMES, "UINT8", (-1, IMAGE_SIZE, IMAGE_SIZE, 3))
     vlm_pixels = TensorSpec(VLM_PIXELS, "FP32", (-1, VLM_PATCH_DIM))
     vlm_grid = TensorSpec(VLM_GRID_THW, "INT64", (3,))
     spatial_pixels = TensorSpec(SPATIAL_PIXELS, "FP32", (-1, 3, IMAGE_SIZE, IMAGE_SIZE))
@@ -77,8 +80,8 @@ def model_specs(vlm_dim: int, spatial_dim: int) -> dict[str, ModelSpec]:
     )
     video = TensorSpec(VIDEO, "UINT8", (-1, -1, -1, 3))
     specs = [
-        # Encoded media differs in length per request, so it cannot be stacked.
-        ModelSpec("preprocess", (media,), (vlm_pixels, vlm_grid, spatial_pixels), dynamic_batching=False),
+        # Requests with the same frame count are stacked (the batcher stacks equal shapes only).
+        ModelSpec("preprocess", (frames,), (vlm_pixels, vlm_grid, spatial_pixels), dynamic_batching=True),
         ModelSpec("vlm_encoder", (vlm_pixels, vlm_grid), (vlm_tokens,), dynamic_batching=True),
         ModelSpec("spatial_encoder", (spatial_pixels,), (spatial_tokens,), dynamic_batching=True),
         ModelSpec("fusion", (vlm_tokens, spatial_tokens), (conditioning,), dynamic_batching=True),

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
@@ -15,49 +13,42 @@ from hybrid.profiles import Profile
 class VideoDecoder:
     """Generates frames from conditioning; deterministic for a given seed.
 
-    With `hybrid.acceleration.accelerate_decoder` applied, (batch, frames) pairs prepared at load run the compiled
-    transformer and VAE decoder (batches padded up to a prepared size); anything else runs eagerly.
+    With `hybrid.acceleration.accelerate_decoder` applied, the transformer and the VAE decode replay graphs for the
+    (batch, frames) shapes prepared at load: a batch of a prepared frame count runs in prepared chunks (padded up,
+    or split), anything else runs without graphs.
     """
 
     def __init__(self, pipeline, height: int, width: int) -> None:
         self.pipeline = pipeline
         self.height = height
         self.width = width
-        self.eager_parts = {"transformer": pipeline.transformer, "vae_decode": pipeline.vae.decode}
-        self.compiled_parts: dict[str, Any] | None = None
-        self.prepared: set[tuple[int, int]] = set()
+        self.prepared: dict[int, tuple[int, ...]] = {}  # frames → batch sizes with graphs
         pipeline.set_progress_bar_config(disable=True)
 
     @property
     def device(self) -> torch.device:
-        return self.eager_parts["transformer"].device
+        return self.pipeline.transformer.device
 
     def __call__(self, conditioning: torch.Tensor, num_frames: int, steps: int, seeds: list[int]) -> np.ndarray:
         """conditioning [B, 64, 4096] → frames [B, F, H, W, 3] uint8; one seed per batch item."""
-        batch = conditioning.shape[0]
-        if self.compiled_parts is not None:
-            from hybrid.acceleration import pad_batch, padded_size
+        from hybrid.acceleration import pad_batch, plan_chunks
 
-            size = padded_size(batch)
-            if (size, num_frames) in self.prepared:
-                padded = pad_batch(conditioning, size)
-                return self.run(padded, num_frames, steps, seeds + [0] * (size - batch), compiled=True)[:batch]
-        return self.run(conditioning, num_frames, steps, seeds)
+        chunks = []
+        for start, stop, size in plan_chunks(conditioning.shape[0], self.prepared.get(num_frames, ())):
+            padded = pad_batch(conditioning[start:stop], size)
+            chunk_seeds = seeds[start:stop] + [0] * (size - (stop - start))
+            chunks.append(self.run(padded, num_frames, steps, chunk_seeds)[: stop - start])
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
     @torch.inference_mode()
-    def run(
-        self, conditioning: torch.Tensor, num_frames: int, steps: int, seeds: list[int], compiled: bool = False
-    ) -> np.ndarray:
-        """One pipeline call, with the compiled or the eager transformer and VAE decoder."""
+    def run(self, conditioning: torch.Tensor, num_frames: int, steps: int, seeds: list[int]) -> np.ndarray:
+        """One pipeline call over the whole batch."""
         if not valid_frame_count(num_frames):
             raise ValueError(f"LTX-Video decodes 8k+1 frames (1, 9, 17, …), not {num_frames}")
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        parts = self.compiled_parts if compiled and self.compiled_parts is not None else self.eager_parts
-        self.pipeline.transformer = parts["transformer"]
-        self.pipeline.vae.decode = parts["vae_decode"]
         batch = conditioning.shape[0]
-        dtype = self.eager_parts["transformer"].dtype
+        dtype = self.pipeline.transformer.dtype
         generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
         out = self.pipeline(
             prompt_embeds=conditioning.to(self.device, dtype),

@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from hybrid.contracts import MAX_INPUT_FRAMES
+
 SPATIAL_VARIANTS: dict[str, str] = {
     "vits14": "vit_small_patch14_dinov2",
     "vitb14": "vit_base_patch14_dinov2",
@@ -122,6 +124,18 @@ class DecoderConfig:
 
 
 @dataclass(frozen=True)
+class PrepareConfig:
+    """The request shapes the compiled runtime prepares at load (`hybrid.acceleration`): one-frame requests at
+    the batch sizes the batcher is asked for (a batch is padded up to the next), clips of every frame count up to
+    `max_input_frames` in and every 8k+1 count up to the decoder's `max_frames` out at `clip_batch_sizes` (a
+    batch of clips runs in chunks of those)."""
+
+    batch_sizes: tuple[int, ...] = (1, 4, 8)
+    clip_batch_sizes: tuple[int, ...] = (1,)
+    max_input_frames: int = MAX_INPUT_FRAMES
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     vlm: VLMConfig
@@ -136,6 +150,7 @@ class Profile:
     # "eager": plain PyTorch — for debugging and for the side-by-side measurement.
     runtime: str = "eager"
     compile_cache: str | None = None  # a persistent directory for Inductor's caches (TORCHINDUCTOR_CACHE_DIR)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

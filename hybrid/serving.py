@@ -62,6 +62,10 @@ class ServedModel:
 
             configure_cache(self.profile.compile_cache)
         self.build()
+        if self.compiled:
+            from hybrid.acceleration import freeze
+
+            freeze()  # prepared: from now on nothing compiles on a request's time
         log.info(
             "%s ready in %.1f s: profile %s on %s (%s, %s)",
             self.name,
@@ -76,14 +80,15 @@ class ServedModel:
     def compiled(self) -> bool:
         return self.profile.runtime == "compiled"
 
-    def run_batch(self, fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
-        """`fn` over a batch; in the compiled runtime padded up to a prepared batch size (and the padding rows
-        dropped), so it replays what was prepared at load. Eager runs the batch as it is."""
-        if not self.compiled:
-            return fn(*inputs)
-        from hybrid.acceleration import run_padded
+    def run_batch(self, fn: Callable[..., torch.Tensor], *inputs: Any) -> torch.Tensor:
+        """`fn` over a batch. In the compiled runtime `fn` is a `GraphedCall`, and the batch runs in the chunks its
+        prepared batch sizes allow (padded up, or split), so it replays what was prepared at load; a shape it never
+        prepared runs as it is. Eager runs the batch as it is."""
+        from hybrid.acceleration import GraphedCall, run_chunked
 
-        return run_padded(fn, *inputs)
+        if not isinstance(fn, GraphedCall):
+            return fn(*inputs)
+        return run_chunked(fn, fn.batch_sizes(*inputs), *inputs)
 
     def build(self) -> None:
         raise NotImplementedError
@@ -96,9 +101,16 @@ class ServedModel:
         """Requests with equal keys are stacked into one batch: by default, equal input shapes."""
         return tuple(tuple(t.shape) for t in inputs.values())
 
+    host_inputs: frozenset[str] = frozenset()
+    """Inputs read on the host (shapes, settings): kept on the CPU, where reading them costs no device sync."""
+
     def collate(self, requests: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """One group's requests → the batch `forward` takes: by default each input concatenated on the device."""
-        return {n: torch.cat([r[n] for r in requests]).to(self.device) for n in self.input_names}
+        """One group's requests → the batch `forward` takes: by default each input concatenated on the device
+        (host inputs on the CPU)."""
+        return {
+            n: torch.cat([r[n] for r in requests]).to("cpu" if n in self.host_inputs else self.device)
+            for n in self.input_names
+        }
 
     def execute(self, requests: list) -> list:
         pb = _pb()
@@ -147,41 +159,29 @@ def _triton_error(pb, message: str, client: bool):
 
 
 class PreprocessModel(ServedModel):
-    """Encoded media bytes → each encoder's input tensors (decode, resize, normalize, patchify).
-
-    The gateway has validated the media already and sends either the client's bytes (when they were cheap to
-    decode) or its own lossless PNG/APNG of the frames at the encoders' size; either way this second decode is
-    bounded like the first (limits, every frame checked, each frame resized as it is decoded), also for a client
-    that calls Triton directly.
-    """
+    """The gateway's decoded 224×224 uint8 frames → each encoder's input tensors (`hybrid.preprocess`), on the
+    instance's device: a GPU on a GPU host, where the encoders take them without a copy."""
 
     def build(self) -> None:
-        from hybrid.media import MediaLimits
-        from hybrid.preprocess import Preprocessor
-
-        self.preprocessor = Preprocessor()
-        self.limits = MediaLimits()
-        self.device = torch.device("cpu")  # decoding and patchifying are CPU work
+        self.max_frames = self.profile.prepare.max_input_frames
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        from hybrid.contracts import IMAGE_SIZE
-        from hybrid.media import MediaError, decode_media
+        from hybrid.preprocess import preprocess
 
-        results = []
-        for row in inputs["MEDIA"]:
-            try:
-                media = decode_media(row.numpy().tobytes(), self.limits, size=IMAGE_SIZE)
-            except MediaError as exc:
-                raise ClientError(exc.message) from None
-            results.append(self.preprocessor(media.frames))
+        frames = inputs["FRAMES"]
+        if not 1 <= frames.shape[1] <= self.max_frames:
+            raise ClientError(f"FRAMES holds {frames.shape[1]} frames; 1 to {self.max_frames} are served")
+        encoder_inputs = preprocess(frames)
         return {
-            "VLM_PIXELS": torch.stack([torch.from_numpy(r.vlm_pixels) for r in results]),
-            "VLM_GRID_THW": torch.stack([torch.from_numpy(r.vlm_grid_thw) for r in results]),
-            "SPATIAL_PIXELS": torch.stack([torch.from_numpy(r.spatial_pixels) for r in results]),
+            "VLM_PIXELS": encoder_inputs.vlm_pixels,
+            "VLM_GRID_THW": encoder_inputs.vlm_grid_thw,
+            "SPATIAL_PIXELS": encoder_inputs.spatial_pixels,
         }
 
 
 class VLMEncoderModel(ServedModel):
+    host_inputs = frozenset({"VLM_GRID_THW"})
+
     def build(self) -> None:
         from hybrid.vlm import build_vlm
 
@@ -189,26 +189,26 @@ class VLMEncoderModel(ServedModel):
         if self.compiled:
             from hybrid.acceleration import accelerate_vlm
 
-            accelerate_vlm(self.vlm, self.device)
+            accelerate_vlm(self.vlm, self.device, self.profile)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"VLM_TOKENS": self.run_batch(self.vlm, inputs["VLM_PIXELS"], inputs["VLM_GRID_THW"])}
+        from hybrid.acceleration import run_chunked
+
+        pixels, grid_thw = inputs["VLM_PIXELS"], inputs["VLM_GRID_THW"]
+        sizes = self.vlm.prepared.get(tuple(int(v) for v in grid_thw[0].tolist()), ())
+        return {"VLM_TOKENS": run_chunked(self.vlm, sizes, pixels, grid_thw)}
 
 
 class SpatialEncoderModel(ServedModel):
     def build(self) -> None:
-        from hybrid.contracts import IMAGE_SIZE
         from hybrid.spatial import build_spatial
 
         self.encoder = build_spatial(self.profile, self.device)
-        self.run: Callable[..., torch.Tensor] = self.encoder  # or its CUDA graphs (below)
+        self.run: Callable[..., torch.Tensor] = self.encoder  # or its graphed call (below)
         if self.compiled:
-            from hybrid.acceleration import CAPTURE_BATCH_SIZES, graphed
+            from hybrid.acceleration import accelerate_spatial
 
-            self.run = graphed(self.encoder, self.device, self.name)
-            with torch.inference_mode():
-                for batch in CAPTURE_BATCH_SIZES:  # one 224² frame per request
-                    self.run.prepare(torch.zeros(batch, 1, 3, IMAGE_SIZE, IMAGE_SIZE, device=self.device))
+            self.run = accelerate_spatial(self.encoder, self.device, self.profile)
 
     @torch.inference_mode()
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -226,33 +226,15 @@ class FusionHeadModel(ServedModel):
         from hybrid.fusion import build_fusion_module
 
         self.head = build_fusion_module(self.name, self.profile, self.device)
-        self.run = self.unmasked
+        self.run: Callable[..., torch.Tensor] = self.unmasked  # or its graphed call (below)
         if self.compiled:
-            from hybrid.acceleration import CAPTURE_BATCH_SIZES, graphed
+            from hybrid.acceleration import accelerate_head
 
-            self.run = graphed(self.unmasked, self.device, self.name)
-            with torch.inference_mode():
-                for example in self.example_inputs(CAPTURE_BATCH_SIZES):  # one 224² image per request
-                    self.run.prepare(*example)
+            self.run = accelerate_head(self.head, self.device, self.profile)
 
-    def example_inputs(self, batch_sizes: tuple[int, ...]) -> list[list[torch.Tensor]]:
-        """Token inputs of single-image requests at each batch size: the VLM features (as long as the encoder's
-        template makes them) and one frame of DINOv2 patches, in config order."""
-        from hybrid.contracts import SPATIAL_PATCHES_PER_FRAME
-        from hybrid.vlm import feature_template
-
-        vlm_tokens = self.profile.vlm.sequence_length(64, feature_template(self.profile))
-        lengths = {"VLM_TOKENS": vlm_tokens, "SPATIAL_TOKENS": SPATIAL_PATCHES_PER_FRAME}
-        widths = {"VLM_TOKENS": self.profile.vlm.dim, "SPATIAL_TOKENS": self.profile.spatial.dim}
-        return [
-            [torch.zeros(batch, lengths[n], widths[n], device=self.device) for n in self.input_names]
-            for batch in batch_sizes
-        ]
-
-    def unmasked(self, *tokens: torch.Tensor) -> torch.Tensor:
-        """The head over its token inputs in config order, no padding: what is graphed or compiled."""
-        named = dict(zip(self.input_names, tokens, strict=True))
-        return self.head(named.get("VLM_TOKENS"), named.get("SPATIAL_TOKENS")).float()
+    def unmasked(self, vlm_tokens: torch.Tensor | None, spatial_tokens: torch.Tensor | None) -> torch.Tensor:
+        """The head over a batch of one token count per stream (no padding)."""
+        return self.head(vlm_tokens, spatial_tokens).float()
 
     def group_key(self, inputs: dict[str, torch.Tensor]) -> Hashable:
         return "all"  # every request fits one padded batch
@@ -270,18 +252,17 @@ class FusionHeadModel(ServedModel):
 
     @torch.inference_mode()
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if any(name.endswith("_MASK") for name in inputs):  # a padded batch of mixed token counts: eager
-            conditioning = self.head(
-                inputs.get("VLM_TOKENS"),
-                inputs.get("SPATIAL_TOKENS"),
-                inputs.get("VLM_TOKENS_MASK"),
-                inputs.get("SPATIAL_TOKENS_MASK"),
-            )
-            return {"CONDITIONING": conditioning.float()}
-        return {"CONDITIONING": self.run_batch(self.run, *(inputs[n].contiguous() for n in self.input_names))}
+        vlm, spatial = inputs.get("VLM_TOKENS"), inputs.get("SPATIAL_TOKENS")
+        if any(name.endswith("_MASK") for name in inputs):  # a padded batch of mixed token counts: no graphs
+            masks = inputs.get("VLM_TOKENS_MASK"), inputs.get("SPATIAL_TOKENS_MASK")
+            return {"CONDITIONING": self.head(vlm, spatial, *masks).float()}
+        streams = [t.contiguous() if t is not None else None for t in (vlm, spatial)]
+        return {"CONDITIONING": self.run_batch(self.run, *streams)}
 
 
 class VideoDecoderModel(ServedModel):
+    host_inputs = frozenset({"NUM_FRAMES", "STEPS", "SEED"})
+
     def build(self) -> None:
         from hybrid.decoder import build_decoder
 
@@ -289,7 +270,7 @@ class VideoDecoderModel(ServedModel):
         if self.compiled:
             from hybrid.acceleration import accelerate_decoder
 
-            accelerate_decoder(self.decoder, self.device, self.profile.decoder.default_steps)
+            accelerate_decoder(self.decoder, self.device, self.profile)
 
     def group_key(self, inputs: dict[str, torch.Tensor]) -> Hashable:
         # Only requests asking for the same frame count and steps can share one diffusion run.

@@ -53,9 +53,10 @@ class VLMFeatureExtractor(nn.Module):
         self.features = features
         self.layer = layer
         self.before, self.after = (list(template[0]), list(template[1])) if features == "full_sequence" else ([], [])
-        # The stages as called: `hybrid.acceleration.accelerate_vlm` swaps in a graphed tower and a compiled LLM.
-        self.vision: Callable[[torch.Tensor, tuple[int, int, int]], torch.Tensor] = self.encode_pixels
+        # The stages as called, batch-first: `accelerate_vlm` swaps in graphed calls of the same functions.
+        self.vision: Callable[[torch.Tensor, tuple[int, int, int]], torch.Tensor] = self.encode_batch
         self.final_states: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.language_final_states
+        self.prepared: dict[tuple[int, int, int], tuple[int, ...]] = {}  # grid → batch sizes with graphs
         self._vision_inputs: dict[tuple, dict[str, Any]] = {}
         self._sequences: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
@@ -97,21 +98,21 @@ class VLMFeatureExtractor(nn.Module):
         return self._vision_inputs[key]
 
     def encode_pixels(self, flat: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        """The vision tower: flattened patches of every batch item [B·P, 1176] (one grid each) → [B·n, D]."""
-        batch = flat.shape[0] // (grid[0] * grid[1] * grid[2])
-        grid_thw = torch.tensor([grid] * batch)
-        if batch == 1:
-            kwargs = self.vision_inputs(grid, flat.device)
-            return self.model.visual(flat, grid_thw=grid_thw, **kwargs).pooler_output
-        # Items attend only within themselves: one tower call per item keeps the precomputed grid tensors.
-        per_item = flat.shape[0] // batch
-        return torch.cat([self.encode_pixels(flat[i * per_item : (i + 1) * per_item], grid) for i in range(batch)])
+        """The vision tower over one item's flattened patches [P, 1176] → its merged tokens [n, D]."""
+        kwargs = self.vision_inputs(grid, flat.device)
+        return self.model.visual(flat, grid_thw=torch.tensor([grid]), **kwargs).pooler_output
+
+    def encode_batch(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """[B, P, 1176] patches of B items of one grid → [B, n, D]. Items attend only within themselves: one tower
+        call per item keeps the precomputed grid tensors."""
+        return torch.stack([self.encode_pixels(item, grid) for item in pixels])
 
     def sequence_inputs(
         self, is_video: bool, visual_tokens: int, batch: int, grid: tuple[int, int, int], device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(input_ids [B, L], visual-token mask [B, L], M-RoPE position ids [3, B, L]) of one sequence layout,
-        built once: they depend on the template, the grid and the batch size only."""
+        """(input_ids [B, L], visual-token mask [B, L], M-RoPE position ids [B, 3, L], batch-first like every
+        input of a prepared call) of one sequence layout, built once: they depend on the template, the grid and the
+        batch size only."""
         key = (is_video, visual_tokens, batch, grid, str(device))
         if key not in self._sequences:
             cfg = self.config
@@ -129,13 +130,13 @@ class VLMFeatureExtractor(nn.Module):
                 image_grid_thw=None if is_video else grid_thw,
                 video_grid_thw=grid_thw if is_video else None,
             )
-            self._sequences[key] = (input_ids, visual, positions)
+            self._sequences[key] = (input_ids, visual, positions.transpose(0, 1).contiguous())
         return self._sequences[key]
 
     def language_final_states(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """The language model's normed last layer over the merged embeddings [B, L, D] → [B, L, D]."""
+        """The language model's normed last layer over the merged embeddings [B, L, D] (positions [B, 3, L])."""
         return self.model.language_model(
-            inputs_embeds=embeds, position_ids=positions, use_cache=False
+            inputs_embeds=embeds, position_ids=positions.transpose(0, 1), use_cache=False
         ).last_hidden_state
 
     @torch.inference_mode()
@@ -149,13 +150,13 @@ class VLMFeatureExtractor(nn.Module):
         batch = pixel_values.shape[0]
         t, h, w = (int(v) for v in grid_thw[0].tolist())
         grid = (t, h, w)
-        flat = pixel_values.reshape(-1, pixel_values.shape[-1]).to(self.model.visual.dtype)
-        visual_embeds = self.vision(flat, grid)  # [B·n, D]
+        visual_embeds = self.vision(pixel_values.to(self.model.visual.dtype), grid)  # [B, n, D]
         if self.layer == "vision":
-            return visual_embeds.reshape(batch, -1, visual_embeds.shape[-1]).float()
+            return visual_embeds.float()
 
-        visual_tokens = visual_embeds.shape[0] // batch
-        input_ids, visual, positions = self.sequence_inputs(grid[0] > 1, visual_tokens, batch, grid, flat.device)
+        visual_tokens = visual_embeds.shape[1]
+        device = pixel_values.device
+        input_ids, visual, positions = self.sequence_inputs(grid[0] > 1, visual_tokens, batch, grid, device)
         embeds = self.model.get_input_embeddings()(input_ids)
         embeds = embeds.masked_scatter(visual.unsqueeze(-1), visual_embeds.to(embeds.dtype))
         if self.layer == "final":
@@ -163,7 +164,10 @@ class VLMFeatureExtractor(nn.Module):
             states = self.final_states(embeds, positions)
         else:
             out = self.model.language_model(
-                inputs_embeds=embeds, position_ids=positions, output_hidden_states=True, use_cache=False
+                inputs_embeds=embeds,
+                position_ids=positions.transpose(0, 1),
+                output_hidden_states=True,
+                use_cache=False,
             )
             states = out.hidden_states[int(self.layer)]
         if self.features == "full_sequence":

@@ -21,11 +21,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Protocol
 
+import numpy as np
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from hybrid.contracts import IMAGE_SIZE
-from hybrid.media import MediaError, MediaLimits, decode_media, encode_lossless
+from hybrid.media import MediaError, MediaLimits, decode_media
 from hybrid.profiles import Profile
 from service.errors import ApiError
 from service.metrics import GatewayMetrics
@@ -35,11 +36,6 @@ from service.triton_client import TritonClient
 from service.uploads import UploadLimits, read_upload
 
 log = logging.getLogger(__name__)
-
-# Past this many decoded pixels the client's bytes are not worth decoding twice: Triton gets the gateway's
-# lossless 224×224 frames instead (a few ms to encode). Below it (a 1080p image, a short small clip) the
-# preprocess model decodes the client's bytes, bounded the same way, and the common case pays nothing extra.
-REDECODE_PIXELS = 16 * 448 * 448
 
 bearer_scheme = HTTPBearer(auto_error=False, description="HYBRID_API_TOKEN, when the service sets one")
 
@@ -63,11 +59,14 @@ class TritonState(Protocol):
 
 @dataclass(frozen=True)
 class Upload:
-    """A validated upload: its frame count, and the bytes Triton's preprocess model will decode."""
+    """A validated upload, decoded: the frames Triton gets, [F, 224, 224, 3] uint8 (the `FRAMES` contract)."""
 
-    num_frames: int
-    media: bytes
+    frames: np.ndarray
     decoded_pixels: int
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
 
 
 class Admission:
@@ -234,19 +233,21 @@ async def receive_upload(request: Request, gateway: GatewayDep) -> Upload:
     return await gateway.decoder(data)
 
 
+LARGE_DECODE_PIXELS = 16 * 448 * 448
+"""Past this many decoded pixels the freed full-size frames are handed back to the system after the decode."""
+
+
 def prepare_upload(data: bytes, limits: MediaLimits) -> Upload:
-    """Decode (bounded, frames resized to the encoders' size as they come) and choose what Triton gets."""
+    """Decode once (bounded, every frame resized to the encoders' size as it comes): Triton gets these frames
+    and decodes nothing, so an upload costs one decode, wherever it was expensive."""
     try:
         media = decode_media(data, limits, size=IMAGE_SIZE)
     except MediaError:
         _release_heap()  # a refused bomb may have decoded frames before the limit caught it
         raise
-    if media.decoded_pixels <= REDECODE_PIXELS:
-        return Upload(media.num_frames, data, media.decoded_pixels)
-    upload = Upload(media.num_frames, encode_lossless(media.frames), media.decoded_pixels)
-    del media
-    _release_heap()
-    return upload
+    if media.decoded_pixels > LARGE_DECODE_PIXELS:
+        _release_heap()
+    return Upload(np.ascontiguousarray(media.frames), media.decoded_pixels)
 
 
 @functools.cache

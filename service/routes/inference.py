@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Query, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from hybrid.contracts import CONDITIONING, PIPELINES, VIDEO, ensemble_name, round_up_frames, valid_frame_count
+from hybrid.contracts import CONDITIONING, FRAMES, PIPELINES, VIDEO, ensemble_name, round_up_frames, valid_frame_count
 from hybrid.media import OUTPUT_FORMATS, SINGLE_FRAME_FORMATS, encode_frames
 from service.dependencies import (
     Gateway,
@@ -162,7 +162,7 @@ def inference_router(settings: Settings) -> APIRouter:
         if frames > 1 and fmt in SINGLE_FRAME_FORMATS:
             raise bad_parameter(gateway, SINGLE_FRAME_REFUSAL)
         inputs: dict[str, np.ndarray] = {
-            "MEDIA": np.frombuffer(upload.media, dtype=np.uint8)[None],
+            FRAMES: upload.frames[None],
             "NUM_FRAMES": np.array([[frames]], dtype=np.int32),
             "STEPS": np.array([[steps]], dtype=np.int32),
             "SEED": np.array([[seed]], dtype=np.int64),
@@ -207,7 +207,7 @@ def inference_router(settings: Settings) -> APIRouter:
         since = time.perf_counter()
         upload = await receive_upload(request, gateway)
         timer.add("decode", since)
-        inputs = {"MEDIA": np.frombuffer(upload.media, dtype=np.uint8)[None]}
+        inputs = {FRAMES: upload.frames[None]}
         model = ensemble_name("encode", pipeline.value)
         conditioning = await run_ensemble(gateway, model, inputs, CONDITIONING, timer)
         buffer = io.BytesIO()
