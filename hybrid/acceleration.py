@@ -202,7 +202,14 @@ class GraphedCall:
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(self.warmup):
+                call()  # the first run compiles whatever Inductor compiles
+            # A host synchronization inside fn would invalidate the capture and leave the process unable to
+            # capture anything more: find it on a last plain run instead, where it is only an error.
+            torch.cuda.set_sync_debug_mode("error")
+            try:
                 call()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=_graph_pool(self.device)):

@@ -134,9 +134,14 @@ class VLMFeatureExtractor(nn.Module):
         return self._sequences[key]
 
     def language_final_states(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """The language model's normed last layer over the merged embeddings [B, L, D] (positions [B, 3, L])."""
+        """The language model's normed last layer over the merged embeddings [B, L, D] (positions [B, 3, L]).
+
+        The attention masks are given as already made, all None: with no padding every layer is plain causal
+        attention (SDPA's `is_causal`), which is what transformers would build — but building it checks the
+        positions for packed sequences with a host synchronization, which no CUDA graph can hold."""
+        masks = {layer_type: None for layer_type in set(self.model.language_model.config.layer_types)}
         return self.model.language_model(
-            inputs_embeds=embeds, position_ids=positions.transpose(0, 1), use_cache=False
+            inputs_embeds=embeds, position_ids=positions.transpose(0, 1), attention_mask=masks, use_cache=False
         ).last_hidden_state
 
     @torch.inference_mode()
