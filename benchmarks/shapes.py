@@ -159,13 +159,32 @@ def in_process(profile_name: str, overrides: dict[str, Any], requests: int, resu
         }
         print(f"[inprocess] {case.name}: {json.dumps(result['cases'][case.name])}", flush=True)
         save()
+    result["decoder_alone"] = decoder_alone(reference, steps)
+    print(f"[inprocess] the decoder alone: {json.dumps(result['decoder_alone'])}", flush=True)
     if torch.cuda.is_available():
         result["gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
-        save()
+    save()
     if reference.profile.runtime == "compiled":
         result["agreement_with_eager"] = agreement(reference, profile_name, overrides)
         print(f"[inprocess] compiled vs eager: {json.dumps(result['agreement_with_eager'])}", flush=True)
         save()
+
+
+def decoder_alone(reference: Any, steps: int, runs: int = 10) -> dict[str, float]:
+    """p50 ms of the decoder by itself (synchronized by its host copy of the frames), per (batch, frames out): the
+    stage that bounds a reconstruction, without the encoders' GPU work it overlaps with inside `reconstruct`."""
+    import torch
+
+    out = {}
+    for batch, frames in ((1, 1), (8, 1), (1, 9), (1, 17)):
+        conditioning = torch.randn(batch, 64, 4096, device=reference.device)
+        seconds = []
+        for _ in range(runs + 2):
+            began = time.perf_counter()
+            reference.decoder(conditioning, frames, steps, list(range(batch)))
+            seconds.append(time.perf_counter() - began)
+        out[f"batch {batch}, {frames} frames"] = summary_ms(seconds[2:])["p50_ms"]
+    return out
 
 
 def agreement(compiled: Any, profile_name: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -296,7 +315,9 @@ def service_phases(
                     image = media(CASES[0], seed=0)
                     result["loops"] = []
                     for concurrency in LOOP_CONCURRENCY:
+                        before = model_statistics(stack.triton_http_url)
                         loop = asyncio.run(closed_loop(stack.gateway_url, "reconstruct", concurrency, seconds, image))
+                        loop["triton"] = statistics_delta(before, model_statistics(stack.triton_http_url))
                         result["loops"].append(loop)
                         print(f"[loops] {json.dumps(loop)}", flush=True)
                         save()

@@ -320,18 +320,15 @@ def accelerate_head(head: ConditioningHead, device: torch.device, profile: Profi
 
 
 def accelerate_decoder(decoder: VideoDecoder, device: torch.device, profile: Profile) -> None:
-    """LTX-Video: the transformer's blocks compiled, the transformer and the VAE decode each a graphed call,
-    prepared for every output shape of the plan (one denoising step suffices: the graphs do not depend on the
+    """LTX-Video: the transformer's blocks compiled, a denoising step and the latents' decoding each a graphed
+    call, prepared for every output shape of the plan (one denoising step suffices: the graphs do not depend on the
     step count); `decoder.prepared` maps a frame count to its prepared batch sizes."""
-    pipeline = decoder.pipeline
-    compile_blocks(pipeline.transformer.transformer_blocks)
-    transformer = GraphedCall(pipeline.transformer.forward, device, "ltx transformer")
-    vae_decode = GraphedCall(pipeline.vae.decode, device, "ltx vae decode")
-    # Instance attributes: the pipeline keeps its own modules (config, dtype, hooks) and calls these.
-    pipeline.transformer.forward = transformer
-    pipeline.vae.decode = vae_decode
+    compile_blocks(decoder.pipeline.transformer.transformer_blocks)
+    step = GraphedCall(decoder.denoise_step, device, "ltx denoising step")
+    finish = GraphedCall(decoder.decode_latents, device, "ltx vae decode")
+    decoder.step, decoder.finish = step, finish
     prepared: dict[int, set[int]] = {}
-    with recording(transformer, vae_decode):
+    with recording(step, finish):
         for frames, batch in output_shapes(profile):
             decoder.run(torch.zeros(batch, NUM_QUERIES, CONDITIONING_DIM, device=device), frames, 1, [0] * batch)
             prepared.setdefault(frames, set()).add(batch)

@@ -15,6 +15,7 @@ request on an H200 host when Triton's preprocess decoded and patchified on the C
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,14 +56,17 @@ def resize_frames(frames: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.Resampling.BICUBIC)) for f in frames])
 
 
+@functools.cache
+def _statistics(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """A normalization constant as a [3, 1, 1] tensor on `device`, made once (not copied to a GPU per request)."""
+    return torch.tensor(values, dtype=torch.float32, device=device).view(3, 1, 1)
+
+
 def _normalized(frames: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """[..., H, W, 3] uint8 → [..., 3, H, W] float32, rescaled to [0, 1] and then normalized (the processors'
     order of operations, so results agree to float32 rounding)."""
     x = frames.to(torch.float32).mul_(1 / 255).movedim(-1, -3)
-    shape = (3, 1, 1)
-    m = torch.tensor(mean, dtype=torch.float32, device=frames.device).view(shape)
-    s = torch.tensor(std, dtype=torch.float32, device=frames.device).view(shape)
-    return (x - m) / s
+    return (x - _statistics(mean, frames.device)) / _statistics(std, frames.device)
 
 
 def vlm_patches(frames: torch.Tensor) -> torch.Tensor:
