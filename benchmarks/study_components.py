@@ -180,21 +180,20 @@ def request_inputs(component: str, model: Any, frames: int, steps: int, device: 
     import torch
 
     from hybrid.contracts import CONDITIONING_DIM, NUM_QUERIES, SPATIAL_PATCHES_PER_FRAME
-    from hybrid.media import encode_lossless
-    from hybrid.preprocess import Preprocessor
+    from hybrid.preprocess import preprocess_frames, resize_frames
 
-    media = clip(frames, seed=frames)
+    media = resize_frames(clip(frames, seed=frames))  # the gateway's decoded 224×224 frames
     if component == "preprocess":
-        return {"MEDIA": torch.from_numpy(np.frombuffer(encode_lossless(media), dtype=np.uint8).copy())[None]}
-    encoder_inputs = Preprocessor()(media)
+        return {"FRAMES": torch.from_numpy(media)[None]}
+    encoder_inputs = preprocess_frames(media)
     profile = model.profile
     generator = torch.Generator().manual_seed(0)
-    visual_tokens = int(np.prod(encoder_inputs.vlm_grid_thw)) // 4  # 2×2 merge
+    visual_tokens = int(np.prod(encoder_inputs.vlm_grid_thw[0].tolist())) // 4  # 2×2 merge
     vlm_length = profile.vlm.sequence_length(visual_tokens)
     tensors: dict[str, torch.Tensor] = {
-        "VLM_PIXELS": torch.from_numpy(encoder_inputs.vlm_pixels)[None],
-        "VLM_GRID_THW": torch.from_numpy(encoder_inputs.vlm_grid_thw)[None],
-        "SPATIAL_PIXELS": torch.from_numpy(encoder_inputs.spatial_pixels)[None],
+        "VLM_PIXELS": encoder_inputs.vlm_pixels,
+        "VLM_GRID_THW": encoder_inputs.vlm_grid_thw,
+        "SPATIAL_PIXELS": encoder_inputs.spatial_pixels,
         "VLM_TOKENS": torch.randn(1, vlm_length, profile.vlm.dim, generator=generator),
         "SPATIAL_TOKENS": torch.randn(1, frames * SPATIAL_PATCHES_PER_FRAME, profile.spatial.dim, generator=generator),
         "CONDITIONING": torch.randn(1, NUM_QUERIES, CONDITIONING_DIM, generator=generator),

@@ -30,7 +30,6 @@ from export.exportable import EXPORTED_MODELS, exportables
 from export.onnx_export import PARITY_BOUNDS, ParityError, check_parity, export_onnx, require_parity
 from export.repository import (
     GPU_PREFERRED_BATCH_SIZES,
-    PREPROCESS_GPU_HOST_INSTANCES,
     RAGGED_INPUT_MODELS,
     RepositoryOptions,
     build_repository,
@@ -150,8 +149,9 @@ def test_torch_target_runtime_switch(runtime: str) -> None:
 
 @pytest.mark.parametrize("instance_kind", ["KIND_CPU", "KIND_GPU"])
 def test_batching_and_instances_follow_the_device(instance_kind: str) -> None:
-    """A GPU repository asks the batcher for the compiled runtime's batch sizes and runs four preprocess
-    instances on the host; the heads accept ragged token inputs on either device."""
+    """Every composing model runs on the repository's device (preprocess too: it normalizes the gateway's frames
+    where the encoders run) and batches without holding requests; a GPU repository asks the batcher for the
+    compiled runtime's batch sizes; the heads accept ragged token inputs on either device."""
     configs = build_repository(RepositoryOptions(instance_kind=instance_kind)).configs
     gpu = instance_kind == "KIND_GPU"
     kinds = model_config_pb2.ModelInstanceGroup
@@ -160,15 +160,13 @@ def test_batching_and_instances_follow_the_device(instance_kind: str) -> None:
             continue
         assert [t.allow_ragged_batch for t in config.input] == [name in RAGGED_INPUT_MODELS] * len(config.input)
         (group,) = config.instance_group
-        if name == "preprocess":
-            assert (group.kind, group.count) == (kinds.KIND_CPU, PREPROCESS_GPU_HOST_INSTANCES if gpu else 1)
-        else:
-            assert (group.kind, group.count) == (kinds.Kind.Value(instance_kind), 1)
+        assert (group.kind, group.count) == (kinds.Kind.Value(instance_kind), 1), name
+        if name != "preprocess":  # its input comes from the client, on the host
             assert config.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no"
-        if config.HasField("dynamic_batching"):
-            expected = list(GPU_PREFERRED_BATCH_SIZES) if gpu else []
-            assert list(config.dynamic_batching.preferred_batch_size) == expected
-    assert configs["fusion"].HasField("dynamic_batching") and not configs["preprocess"].HasField("dynamic_batching")
+        assert config.HasField("dynamic_batching"), name
+        assert config.dynamic_batching.max_queue_delay_microseconds == 0
+        expected = list(GPU_PREFERRED_BATCH_SIZES) if gpu else []
+        assert list(config.dynamic_batching.preferred_batch_size) == expected
 
 
 def test_tensorrt_profiles_cover_the_configs() -> None:

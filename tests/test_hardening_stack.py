@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-import numpy as np
 import pytest
 import schemathesis
 import tritonclient.grpc as grpcclient
@@ -82,8 +81,8 @@ def test_a_flood_gets_only_200_or_a_fast_429(stack: Stack) -> None:
 def test_triton_refuses_inference_that_skips_the_gateway(stack: Stack) -> None:
     """Any local process can reach Triton's loopback ports; without the key the gateway holds, inference (and
     loading models) is refused there, while health and statistics stay readable."""
-    data = np.frombuffer(samples.png(), dtype=np.uint8)[None]
-    media = grpcclient.InferInput("MEDIA", list(data.shape), "UINT8")
+    data = samples.frames(1, 224, 224)[None]
+    media = grpcclient.InferInput("FRAMES", list(data.shape), "UINT8")
     media.set_data_from_numpy(data)
     client = grpcclient.InferenceServerClient(stack.triton_grpc_url)
     assert client.is_model_ready("encode_vlm")
@@ -91,7 +90,7 @@ def test_triton_refuses_inference_that_skips_the_gateway(stack: Stack) -> None:
         client.infer("encode_vlm", [media])
     with pytest.raises(InferenceServerException, match="restricted"):
         client.load_model("encode_vlm")
-    body = {"inputs": [{"name": "MEDIA", "shape": [1, 4], "datatype": "UINT8", "data": [1, 2, 3, 4]}]}
+    body = {"inputs": [{"name": "FRAMES", "shape": [1, 1, 1, 1, 3], "datatype": "UINT8", "data": [1, 2, 3]}]}
     assert httpx.post(f"{stack.triton_http_url}/v2/models/encode_vlm/infer", json=body).status_code == 403
     assert httpx.get(f"{stack.triton_http_url}/v2/models/stats").status_code == 200
     assert httpx.post(f"{stack.gateway_url}/encode", files={"file": ("a.png", samples.png())}).status_code == 200
