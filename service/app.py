@@ -5,7 +5,7 @@ media, pixel and frame bounds), admits at most HYBRID_MAX_IN_FLIGHT requests bef
 measures every reply. The pieces: `routes/` (the endpoints), `dependencies.py` (per-app state, token, admission,
 decoding pool), `uploads.py` (the capped multipart reader), `middleware.py` (request ids, measurement, origins,
 declared sizes), `errors.py` (the error body and the OpenAPI statuses), `tracing.py` (a trace per request, when
-HYBRID_OTLP_TRACES_ENDPOINT is set).
+HYBRID_OTLP_TRACES_ENDPOINT is set), `routes/page.py` (the web page at /).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from service.metrics import GatewayMetrics
 from service.middleware import QUIET_PATHS, DeclaredSizeLimit, OriginGuard, RequestContext
 from service.overhead import OverheadCollector, OverheadTracker
 from service.routes.inference import inference_router
+from service.routes.page import page
 from service.routes.probes import probes, telemetry
 from service.settings import Settings
 from service.tracing import TRACEPARENT, TRACESTATE, TraceRequests, build_provider, tracer_of
@@ -101,6 +102,7 @@ def create_app(
     app.include_router(inference_router(settings))
     app.include_router(probes)
     app.include_router(telemetry)
+    app.include_router(page)
 
     def observe(endpoint: str, pipeline: str, status: int, seconds: float) -> None:
         metrics.observe(endpoint, pipeline, status, seconds)
