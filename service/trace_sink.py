@@ -173,6 +173,10 @@ class TraceSink:
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, as collectors do: tritonserver's exporter reuses its connection, and the batch it sends
+            # on one the server has closed is lost (seen here: with HTTP/1.0 replies its second export never arrived).
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:  # noqa: N802 - the http.server API
                 length = int(self.headers.get("content-length") or 0)
                 if self.path.rstrip("/") != "/v1/traces" or not 0 < length <= MAX_BODY_BYTES:
@@ -211,7 +215,8 @@ def running_sink(host: str = "127.0.0.1", port: int = 0) -> Iterator[TraceSink]:
 
 
 def render(spans: list[ReceivedSpan]) -> str:
-    """One trace as an indented tree: name, service, duration, and the attributes that say what it was."""
+    """One trace as an indented tree: name, service, duration, the attributes that say what it was (each once,
+    where it first appears down a branch), and for a Triton model its wait in the queue before its compute."""
     by_id = {s.span_id: s for s in spans}
     children: dict[str, list[ReceivedSpan]] = {}
     for span in spans:
@@ -219,17 +224,29 @@ def render(spans: list[ReceivedSpan]) -> str:
         children.setdefault(parent, []).append(span)
     lines = [f"trace {spans[0].trace_id}" if spans else "trace (empty)"]
 
-    def walk(parent: str, depth: int) -> None:
+    def walk(parent: str, depth: int, inherited: dict[str, Any]) -> None:
         for span in sorted(children.get(parent, []), key=lambda s: (s.start_ns, s.name)):
-            label = f"{'  ' * depth}{span.name}"
-            details = [f"{k}={v}" for k, v in span.attributes.items() if k in _SHOWN]
+            shown = {k: v for k, v in span.attributes.items() if k in _SHOWN}
+            details = [f"{k}={v}" for k, v in shown.items() if inherited.get(k) != v]
+            if (queue := _queue_ms(span, children.get(span.span_id, []))) is not None:
+                details.append(f"queue={queue:.2f}ms")
             if span.status == "error":
                 details.append("ERROR")
+            label = f"{'  ' * depth}{span.name}"
             lines.append(f"{label:<44} {span.service:<24} {span.duration_ms:9.2f} ms  {' '.join(details)}".rstrip())
-            walk(span.span_id, depth + 1)
+            walk(span.span_id, depth + 1, {**inherited, **shown})
 
-    walk("", 1)
+    walk("", 1, {})
     return "\n".join(lines)
+
+
+def _queue_ms(span: ReceivedSpan, children: list[ReceivedSpan]) -> float | None:
+    """Triton's model span has QUEUE_START, its compute child COMPUTE_START: the time between is the queue."""
+    queued = [ns for name, ns in span.events if name == "QUEUE_START"]
+    started = [ns for child in children for name, ns in child.events if name == "COMPUTE_START"]
+    if not queued or not started:
+        return None
+    return max(min(started) - queued[0], 0) / 1e6
 
 
 _SHOWN = {

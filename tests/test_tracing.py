@@ -6,6 +6,7 @@ would receive them."""
 
 from __future__ import annotations
 
+import http.client
 import logging
 import secrets
 from collections.abc import Iterator
@@ -189,6 +190,23 @@ def test_the_sink_reads_both_encodings() -> None:
     )
     assert span.duration_ms == pytest.approx(2.999)
     assert "InferRequest" in render([span])
+
+
+def test_the_sink_keeps_connections_alive() -> None:
+    # tritonserver's exporter reuses its connection: a receiver that closed it after each reply lost a batch.
+    body = b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"%s","spanId":"%s","name":"s"}]}]}]}'
+    with running_sink() as sink:
+        host, port = sink.url.removeprefix("http://").split("/")[0].split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        for trace_id in ("01" * 16, "02" * 16):
+            connection.request(
+                "POST", "/v1/traces", body % (trace_id.encode(), b"03" * 8), {"Content-Type": "application/json"}
+            )
+            reply = connection.getresponse()
+            assert reply.status == 200 and reply.read() == b"{}"
+            assert reply.version == 11 and not reply.will_close  # the same connection carries the next export
+        connection.close()
+        assert [s.trace_id for s in sink.spans()] == ["01" * 16, "02" * 16]
 
 
 # ---------------------------------------------------------------------------------------------------------
