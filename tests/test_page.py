@@ -1,7 +1,7 @@
 """The page at / in a real browser: Debian's headless Chromium, driven by Playwright, against the real stack (with
-a token, a small upload limit and tracing on, so every path the page has is exercised). It uploads an image and a
-clip and waits for the three reconstructions to render, reads a 401 and a 413 as the API's own sentences, and
-saves screenshots to build/test-output/page/ (HYBRID_TEST_OUTPUT to put them elsewhere)."""
+a token, a small upload limit and tracing on, so every path the page has is exercised). It takes a file picked or
+dropped, waits for the three reconstructions of an image and of a clip to render, reads a 401 and a 413 as the
+API's own sentences, and saves screenshots to build/test-output/page/ (HYBRID_TEST_OUTPUT to put them elsewhere)."""
 
 from __future__ import annotations
 
@@ -195,6 +195,23 @@ def test_an_image_through_the_three_pipelines(page: Page, inputs: dict[str, Path
     )
     expect(page.locator("#summary")).to_contain_text("hybrid")
     screenshot(page, "page.png")
+
+
+def test_a_dropped_file_is_taken(page: Page, inputs: dict[str, Path]) -> None:
+    data = list(inputs["clip.gif"].read_bytes())
+    transfer = page.evaluate_handle(
+        "bytes => { const t = new DataTransfer(); "
+        "t.items.add(new File([new Uint8Array(bytes)], 'dropped.gif', {type: 'image/gif'})); return t; }",
+        data,
+    )
+    page.dispatch_event("#drop", "dragover", {"dataTransfer": transfer})
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    expect(page.locator("#original .meta")).to_contain_text("dropped.gif")
+    assert (
+        page.eval_on_selector("#original .media img", "async img => { await img.decode(); return img.naturalWidth; }")
+        == 64
+    )
+    expect(page.locator("#status")).to_contain_text("dropped.gif chosen")
 
 
 def test_a_clip_gives_animated_reconstructions(page: Page, inputs: dict[str, Path]) -> None:
