@@ -16,11 +16,15 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 ## Debian packages the tests start for real: Prometheus (the E-P2.6 dashboard test), promtool, docker-compose
-## (validates the compose file without an engine). Needs root or sudo; skipped when already present.
+## (validates the compose file without an engine), headless Chromium and a font for it (the page's browser test,
+## tests/test_page.py). Needs root or sudo; skipped when already present.
+SYSTEM_PACKAGES := prometheus docker-compose chromium fonts-dejavu-core
 system-deps:
-	@command -v prometheus >/dev/null && command -v docker-compose >/dev/null || { \
+	@command -v prometheus >/dev/null && command -v docker-compose >/dev/null && command -v chromium >/dev/null \
+	  && test -d /usr/share/fonts/truetype/dejavu || { \
 	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus docker-compose; }
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
+	    install -y -qq --no-install-recommends $(SYSTEM_PACKAGES); }
 
 ## Export the tiny models to ONNX (embedded target) into build/model_repository; `make up` then serves them.
 export: venv

@@ -28,6 +28,7 @@ from service.embedded_triton import EmbeddedTriton, TritonStartError, TritonSupe
 from service.http_protocol import header_timeout_protocol
 from service.logs import configure_logging
 from service.settings import Settings
+from service.tracing import TraceIdFilter, triton_trace_args
 
 log = logging.getLogger("service")
 DRAIN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides["embedded_triton"] = False
     settings = Settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
+    if settings.otlp_traces_endpoint:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(TraceIdFilter())  # a traced request's log lines name its trace
 
     supervisor: TritonSupervisor | None = None
     if settings.embedded_triton and not settings.triton_grpc_url:
@@ -74,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             grpc_port=settings.embedded_grpc_port,
             metrics_port=settings.embedded_metrics_port,
             access_key=access_key.get_secret_value(),
-            extra_args=shlex.split(settings.embedded_triton_args),
+            # Tracing first: flags of HYBRID_EMBEDDED_TRITON_ARGS (a shorter bsp_schedule_delay, say) come after it.
+            extra_args=triton_trace_args(settings.otlp_traces_endpoint) + shlex.split(settings.embedded_triton_args),
             log_path=settings.embedded_triton_log,
         )
         supervisor = TritonSupervisor(

@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     overhead_window_s: float = Field(300.0, gt=0)
     overhead_min_samples: int = Field(5, ge=1)
 
+    # Tracing (service/tracing.py): off unless an OTLP/HTTP traces endpoint is given, e.g.
+    # http://127.0.0.1:4318/v1/traces; the gateway and the embedded tritonserver both export there.
+    otlp_traces_endpoint: str = ""
+    trace_sample_ratio: float = Field(1.0, ge=0, le=1)  # of requests arriving without a sampled W3C traceparent
+
     log_level: str = "info"
 
     @field_validator("triton_grpc_url")

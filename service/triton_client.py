@@ -27,9 +27,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from hybrid.contracts import ENSEMBLES
+from service import tracing
 from service.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -158,13 +161,19 @@ class TritonClient:
     """Inference over one balanced channel; readiness (and anything per replica) over one channel per replica."""
 
     def __init__(
-        self, url: str, timeout_s: float, attempts: int = DEFAULT_ATTEMPTS, headers: dict[str, str] | None = None
+        self,
+        url: str,
+        timeout_s: float,
+        attempts: int = DEFAULT_ATTEMPTS,
+        headers: dict[str, str] | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.url = url
         self.target = parse_target(url)
         self.timeout_s = timeout_s
         self.attempts = max(1, attempts)
         self.headers = headers or {}  # sent with every inference: the key of a Triton that restricts it
+        self.tracer = tracer or trace.NoOpTracer()  # a client span per inference, its context passed to Triton
         self._client = grpcclient.InferenceServerClient(url, channel_args=_BALANCED_ARGS)
         self._backends: dict[str, grpcclient.InferenceServerClient] = {}
 
@@ -175,7 +184,8 @@ class TritonClient:
         self._backends.clear()
 
     async def infer(self, model: str, inputs: dict[str, np.ndarray], output: str) -> np.ndarray:
-        """Run `model` on named arrays (each with its batch dimension) and return the `output` array."""
+        """Run `model` on named arrays (each with its batch dimension) and return the `output` array. Triton gets
+        the request's id (in its log and trace) and, when the request is traced, the W3C context of the call."""
         infer_inputs = []
         for name, array in inputs.items():
             tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
@@ -183,22 +193,27 @@ class TritonClient:
             infer_inputs.append(tensor)
         deadline = time.monotonic() + self.timeout_s
         attempt = 1
-        while True:
-            try:
-                result = await self._client.infer(
-                    model,
-                    infer_inputs,
-                    outputs=[grpcclient.InferRequestedOutput(output)],
-                    client_timeout=max(deadline - time.monotonic(), 0.001),
-                    headers=self.headers,
-                )
-                return result.as_numpy(output)
-            except InferenceServerException as exc:
-                error = map_triton_error(exc)
-                if error.code != "triton_unavailable" or attempt >= self.attempts or time.monotonic() >= deadline:
-                    raise error from None
-                attempt += 1
-                log.warning("a Triton replica is unavailable (%s): %s, attempt %d", error.message, model, attempt)
+        with tracing.triton_call(self.tracer, model, self.url) as span:
+            headers = {**self.headers, **tracing.outgoing_headers()}
+            while True:
+                try:
+                    result = await self._client.infer(
+                        model,
+                        infer_inputs,
+                        outputs=[grpcclient.InferRequestedOutput(output)],
+                        request_id=tracing.request_id(),
+                        client_timeout=max(deadline - time.monotonic(), 0.001),
+                        headers=headers,
+                    )
+                    return result.as_numpy(output)
+                except InferenceServerException as exc:
+                    error = map_triton_error(exc)
+                    span.set_attribute("hybrid.error_code", error.code)
+                    if error.code != "triton_unavailable" or attempt >= self.attempts or time.monotonic() >= deadline:
+                        raise error from None
+                    attempt += 1
+                    span.add_event("retry", {"attempt": attempt})
+                    log.warning("a Triton replica is unavailable (%s): %s, attempt %d", error.message, model, attempt)
 
     async def backend_clients(self) -> dict[str, grpcclient.InferenceServerClient]:
         """One client per replica the target names now (for readiness, statistics: anything that must reach each

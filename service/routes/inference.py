@@ -30,6 +30,7 @@ from service.dependencies import (
 )
 from service.errors import ApiError, error_responses
 from service.settings import Settings
+from service.tracing import inference_attributes
 
 # Query-parameter enums built from the contracts, so the API and the models cannot disagree on the choices. A type
 # checker cannot list members made at run time: members are looked up by value, `Pipeline("hybrid")`.
@@ -89,6 +90,7 @@ async def run_ensemble(
     gateway: Gateway, model: str, inputs: dict[str, np.ndarray], output: str, timer: Timer
 ) -> np.ndarray:
     """One Triton call, inside the admission slot the request holds."""
+    inference_attributes(inputs)  # on the request's span, when it is traced: what was asked (steps, seed, frames)
     since = time.perf_counter()
     try:
         result = await (await gateway.triton.client()).infer(model, inputs, output)
