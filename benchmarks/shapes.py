@@ -294,7 +294,13 @@ def through_service(url: str, triton_http_url: str, requests: int, result: dict,
 
 
 def service_phases(
-    phases: list[str], profile_name: str, overrides: dict[str, Any], requests: int, seconds: float, out: Path
+    phases: list[str],
+    profile_name: str,
+    overrides: dict[str, Any],
+    requests: int,
+    seconds: float,
+    loops: tuple[int, ...],
+    out: Path,
 ) -> None:
     work = Path(tempfile.mkdtemp(prefix="shapes-"))
     cache, repository = work / "compile-cache", work / "model_repository"
@@ -314,7 +320,7 @@ def service_phases(
                 if "loops" in phases:
                     image = media(CASES[0], seed=0)
                     result["loops"] = []
-                    for concurrency in LOOP_CONCURRENCY:
+                    for concurrency in loops:
                         before = model_statistics(stack.triton_http_url)
                         loop = asyncio.run(closed_loop(stack.gateway_url, "reconstruct", concurrency, seconds, image))
                         loop["triton"] = statistics_delta(before, model_statistics(stack.triton_http_url))
@@ -499,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--profile-overrides", default="{}", help="JSON merged into the profile, e.g. the runtime")
     run.add_argument("--requests", type=int, default=20, help="requests per pipeline and case")
     run.add_argument("--seconds", type=float, default=15.0, help="length of each closed loop")
+    run.add_argument("--loops", default=",".join(map(str, LOOP_CONCURRENCY)), help="closed-loop concurrencies")
     run.add_argument("--out", type=Path, required=True)
     merge = sub.add_parser("summarize", help="merge phases into shapes.json, .md, .png")
     merge.add_argument("directories", type=Path, nargs="+")
@@ -514,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"random_weights": True, **json.loads(args.profile_overrides)}
     COMMAND = (
         f"python -m benchmarks.shapes run --phases {args.phases} --profile {args.profile} "
-        f"--requests {args.requests} --seconds {args.seconds}"
+        f"--requests {args.requests} --seconds {args.seconds} --loops {args.loops}"
         + (f" --profile-overrides '{args.profile_overrides}'" if args.profile_overrides != "{}" else "")
     )
     args.out.mkdir(parents=True, exist_ok=True)
@@ -527,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
         inner = ["run", "--phases", "inprocess", "--profile", args.profile, "--out", str(args.out)]
         inner += ["--profile-overrides", args.profile_overrides, "--requests", str(args.requests)]
         subprocess.run([sys.executable, "-m", "benchmarks.shapes", *inner], check=True)
-    service_phases(phases, args.profile, overrides, args.requests, args.seconds, args.out)
+    loops = tuple(int(c) for c in args.loops.split(",") if c)
+    service_phases(phases, args.profile, overrides, args.requests, args.seconds, loops, args.out)
     return 0
 
 

@@ -69,11 +69,12 @@ class VLMFeatureExtractor(nn.Module):
         ids = [*self.before, cfg.vision_start_token_id, *[visual_id] * visual_tokens, cfg.vision_end_token_id]
         return torch.tensor([ids + self.after] * batch, device=device)
 
-    def vision_inputs(self, grid: tuple[int, int, int], device: torch.device) -> dict[str, Any]:
-        """The vision tower's grid-only tensors, computed once per grid (transformers' precomputed vision
-        kwargs). Sequence boundaries stay on the CPU: the tower reads them with `.tolist()`, which on a GPU tensor
-        would synchronize and make the tower impossible to capture as a CUDA graph."""
-        key = (grid, str(device))
+    def vision_inputs(self, grid: tuple[int, int, int], batch: int, device: torch.device) -> dict[str, Any]:
+        """The vision tower's grid-only tensors for `batch` items of one grid, computed once per (grid, batch)
+        (transformers' precomputed vision kwargs). Sequence boundaries stay on the CPU: the tower reads them with
+        `.tolist()`, which on a GPU tensor would synchronize and make the tower impossible to capture as a CUDA
+        graph."""
+        key = (grid, batch, str(device))
         if key not in self._vision_inputs:
             from transformers.vision_utils import (
                 get_vision_attention_seqlens,
@@ -82,7 +83,7 @@ class VLMFeatureExtractor(nn.Module):
             )
 
             visual = self.model.visual
-            cpu_grid = torch.tensor([grid])
+            cpu_grid = torch.tensor([grid] * batch)
             cu_seqlens, max_seqlen = get_vision_attention_seqlens(cpu_grid, visual.config)
             window_index, cu_window_seqlens = get_vision_window_index(
                 cpu_grid, visual.spatial_merge_size, visual.window_size, visual.patch_size
@@ -97,15 +98,14 @@ class VLMFeatureExtractor(nn.Module):
             }
         return self._vision_inputs[key]
 
-    def encode_pixels(self, flat: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        """The vision tower over one item's flattened patches [P, 1176] → its merged tokens [n, D]."""
-        kwargs = self.vision_inputs(grid, flat.device)
-        return self.model.visual(flat, grid_thw=torch.tensor([grid]), **kwargs).pooler_output
-
     def encode_batch(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        """[B, P, 1176] patches of B items of one grid → [B, n, D]. Items attend only within themselves: one tower
-        call per item keeps the precomputed grid tensors."""
-        return torch.stack([self.encode_pixels(item, grid) for item in pixels])
+        """The vision tower over [B, P, 1176] patches of B items of one grid → [B, n, D] merged tokens: one tower
+        call for the batch (items attend only within themselves: the sequence boundaries say where each ends)."""
+        batch = pixels.shape[0]
+        kwargs = self.vision_inputs(grid, batch, pixels.device)
+        flat = pixels.reshape(-1, pixels.shape[-1])
+        merged = self.model.visual(flat, grid_thw=torch.tensor([grid] * batch), **kwargs).pooler_output
+        return merged.reshape(batch, -1, merged.shape[-1])
 
     def sequence_inputs(
         self, is_video: bool, visual_tokens: int, batch: int, grid: tuple[int, int, int], device: torch.device
