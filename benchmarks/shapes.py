@@ -410,7 +410,7 @@ def summarize(directories: list[Path], out: Path) -> dict[str, Any]:
     summary = {
         "device": first.get("device"),
         "commit": ", ".join(sorted({p.get("commit", "?") for p in phases.values()})),
-        "command": "; ".join(p.get("command", "") for p in phases.values()),
+        "command": "; ".join(dict.fromkeys(p.get("command", "") for p in phases.values())),
         "ready_s": service.get("ready_s"),
         "ready_warm_s": phases.get("warm", {}).get("ready_warm_s"),
         "gpu_memory_gib": service.get("gpu_memory_gib"),
@@ -460,6 +460,7 @@ def markdown(summary: dict[str, Any]) -> str:
             for r in shapes
         ],
     )
+    lines += profile_lines(summary)
     if loops:
         lines += ["", "Closed loops, `/reconstruct?pipeline=hybrid`, one frame out:", ""]
         lines += markdown_table(
@@ -470,6 +471,40 @@ def markdown(summary: dict[str, Any]) -> str:
             ],
         )
     return "\n".join(lines) + "\n"
+
+
+def profile_lines(summary: dict[str, Any]) -> list[str]:
+    """Where a hybrid request's time goes through the service, per case: the client's p50, the HTTP exchange
+    (client − gateway), the gateway's decode and reply encoding, Triton, and each model's time per request
+    (queue + compute_input + compute_infer + compute_output, Triton's statistics)."""
+    service = summary["phases"].get("service", {})
+    if not service.get("cases"):
+        return []
+    models = ("preprocess", "vlm_encoder", "spatial_encoder", "fusion", "video_decoder")
+    rows = []
+    for name, case in service["cases"].items():
+        timing = case["hybrid"]["server_timing_p50_ms"]
+        per_model = case.get("triton", {})
+        rows.append(
+            [
+                name,
+                case["hybrid"]["p50_ms"],
+                round(case["hybrid"]["p50_ms"] - timing.get("gateway", 0), 1),
+                timing.get("decode"),
+                timing.get("encode", "–"),
+                timing.get("triton"),
+                *(
+                    round(sum(v for k, v in per_model[m].items() if k.endswith("_ms")), 1) if m in per_model else "–"
+                    for m in models
+                ),
+            ]
+        )
+    lines = ["", "Where a hybrid request's time goes (p50 ms; each model per request, queue and compute phases):", ""]
+    lines += markdown_table(["case", "client", "HTTP", "decode", "reply encode", "Triton", *models], rows)
+    alone = summary["phases"].get("inprocess", {}).get("decoder_alone")
+    if alone:
+        lines += ["", "The decoder alone, in process (p50 ms): " + ", ".join(f"{k}: {v}" for k, v in alone.items())]
+    return lines
 
 
 def chart(summary: dict[str, Any], path: Path) -> None:

@@ -73,7 +73,7 @@ class VideoDecoder:
                 scheduler.config.get("base_shift", 0.5),
                 scheduler.config.get("max_shift", 1.15),
             )
-            sigmas = np.linspace(1.0, 1 / steps, steps)
+            sigmas = np.linspace(1.0, 1 / steps, steps).tolist()
             timesteps, _ = retrieve_timesteps(scheduler, steps, self.device, None, sigmas=sigmas, mu=mu)
             all_sigmas = scheduler.sigmas  # steps + 1 values, the last 0
             self._schedules[key] = (timesteps, (all_sigmas[1:] - all_sigmas[:-1]).to(self.device))

@@ -195,7 +195,8 @@ class VLMEncoderModel(ServedModel):
         from hybrid.acceleration import run_chunked
 
         pixels, grid_thw = inputs["VLM_PIXELS"], inputs["VLM_GRID_THW"]
-        sizes = self.vlm.prepared.get(tuple(int(v) for v in grid_thw[0].tolist()), ())
+        t, h, w = (int(v) for v in grid_thw[0].tolist())
+        sizes = self.vlm.prepared.get((t, h, w), ())
         return {"VLM_TOKENS": run_chunked(self.vlm, sizes, pixels, grid_thw)}
 
 
