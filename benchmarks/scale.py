@@ -150,12 +150,19 @@ def describe_devices(devices: list[str]) -> str:
         except (OSError, subprocess.SubprocessError):
             names.append(f"GPU {device}")
     if len(set(names)) == 1:
-        cores = f" ({os.cpu_count()} cores shared)" if names[0] == "CPU" else ""
-        return f"{len(names)}× {names[0]}{cores}"
+        if names[0] == "CPU":
+            return f"{len(names)}× CPU ({os.cpu_count()} cores shared)"
+        gpus = len(set(devices))
+        shared = f", {len(devices)} replicas sharing it" if gpus == 1 else ""
+        return f"{gpus}× {names[0]}{shared}"
     return " + ".join(names)
 
 
 def commit() -> str:
+    """HYBRID_COMMIT when set (a device machine receives the working tree, not always its history), else git's."""
+    if os.environ.get("HYBRID_COMMIT"):
+        return os.environ["HYBRID_COMMIT"]
+
     def git(*a: str) -> str:
         return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
