@@ -3,6 +3,8 @@ replica.
 
     python -m benchmarks.scale --model-repository DIR --devices 0,1 --label h200x2 [--concurrency 8]
         [--duration-s 60] [--warmup-s 15] [--profile full] [--out benchmarks/results]
+    python -m benchmarks.scale --runtime compiled --devices 0,1 --label h200x2-compiled --profile full
+        --concurrency 32 --triton-arg=--cuda-memory-pool-byte-size=0:2147483648   # a generated GPU repository
     python -m benchmarks.scale --devices cpu,cpu --label tiny-cpu --duration-s 10   # the same run on CPUs
 
 1. starts one embedded tritonserver per entry of --devices over the same model repository, each on its own
@@ -128,6 +130,14 @@ def run_phase(
     return phase
 
 
+def write_gpu_repository(runtime: str, cache: Path, out: Path) -> None:
+    """The full profile with random weights on KIND_GPU instances, in `runtime`, its Inductor cache in `cache`."""
+    from export.repository import RepositoryOptions, write
+
+    overrides = {"random_weights": True, "runtime": runtime, "compile_cache": str(cache)}
+    write(RepositoryOptions("full", json.dumps(overrides), "KIND_GPU"), out)
+
+
 def describe_devices(devices: list[str]) -> str:
     names = []
     for device in devices:
@@ -140,12 +150,19 @@ def describe_devices(devices: list[str]) -> str:
         except (OSError, subprocess.SubprocessError):
             names.append(f"GPU {device}")
     if len(set(names)) == 1:
-        cores = f" ({os.cpu_count()} cores shared)" if names[0] == "CPU" else ""
-        return f"{len(names)}× {names[0]}{cores}"
+        if names[0] == "CPU":
+            return f"{len(names)}× CPU ({os.cpu_count()} cores shared)"
+        gpus = len(set(devices))
+        shared = f", {len(devices)} replicas sharing it" if gpus == 1 else ""
+        return f"{gpus}× {names[0]}{shared}"
     return " + ".join(names)
 
 
 def commit() -> str:
+    """HYBRID_COMMIT when set (a device machine receives the working tree, not always its history), else git's."""
+    if os.environ.get("HYBRID_COMMIT"):
+        return os.environ["HYBRID_COMMIT"]
+
     def git(*a: str) -> str:
         return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
@@ -155,7 +172,8 @@ def commit() -> str:
 
 def markdown(r: dict) -> str:
     lines = [
-        f"Device: {r['device']}; profile {r['profile']}; `{r['request']}`, 224×224 PNG in.",
+        f"Device: {r['device']}; profile {r['profile']}, runtime {r.get('runtime', 'eager')}; `{r['request']}`, "
+        "224×224 PNG in.",
         f"Commit {r['commit']}. Command: `{r['command']}`",
         "",
     ]
@@ -177,6 +195,12 @@ def markdown(r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-repository", type=Path, default=ROOT / "model_repository")
+    parser.add_argument(
+        "--runtime",
+        choices=("eager", "compiled"),
+        help="serve a generated full-profile GPU repository (random weights) in this runtime instead of "
+        "--model-repository; its replicas share one compile cache, so every start after the first is warm",
+    )
     parser.add_argument("--devices", default="cpu,cpu", help="one replica per entry: a GPU index, or cpu")
     parser.add_argument("--label", required=True, help="names the results: scale-<label>.json (e.g. h200x2)")
     parser.add_argument("--profile", default="tiny", help="HYBRID_PROFILE of the repository (default steps)")
@@ -197,9 +221,13 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
         workdir = Path(tmp)
+        repository, runtime = args.model_repository, "as the repository says"
+        if args.runtime:
+            repository, runtime = workdir / "model_repository", args.runtime
+            write_gpu_repository(args.runtime, workdir / "compile-cache", repository)
         replicas = [
             EmbeddedTriton(
-                args.model_repository,
+                repository,
                 **dict(zip(("http_port", "grpc_port", "metrics_port"), free_ports(3), strict=True)),
                 log_path=workdir / f"triton-{i}.log",
                 extra_args=list(args.triton_arg),
@@ -228,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": commit(),
         "command": "python -m benchmarks.scale " + shlex.join(sys.argv[1:] if argv is None else argv),
         "profile": args.profile,
+        "runtime": runtime,
         "request": f"POST /{args.endpoint}?pipeline={args.pipeline}",
         "one": one.summary(),
         "two": two.summary(),

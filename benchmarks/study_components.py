@@ -123,7 +123,7 @@ def modules_of(model: Any) -> list[Any]:
         if isinstance(value, nn.Module):
             found.append(value)
         elif hasattr(value, "pipeline"):
-            found += [value.eager_parts["transformer"], value.pipeline.vae]
+            found += [value.pipeline.transformer, value.pipeline.vae]
     return found
 
 

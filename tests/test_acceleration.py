@@ -180,3 +180,21 @@ def test_triton_statistics_parsing() -> None:
         "compute_infer_ms": 2.0,
         "compute_output_ms": 3.0,
     }
+
+
+def test_shapes_results_merge_and_render(tmp_path: Path) -> None:
+    """The committed H200 run re-merges into the same shapes.json; every row has the issue's fields."""
+    from benchmarks.shapes import CASES, PIPELINES
+    from benchmarks.shapes import summarize as summarize_shapes
+
+    summary = summarize_shapes([RESULTS / "shapes-partials"], tmp_path)
+    assert summary == json.loads((RESULTS / "shapes.json").read_text())
+    assert {"device", "commit", "command", "ready_s", "ready_warm_s", "gpu_memory_gib", "rows"} <= set(summary)
+    fields = {"endpoint", "pipeline", "input_frames", "output_frames", "concurrency", "in_process_p50_ms"}
+    fields |= {"service_p50_ms", "service_p95_ms", "rps", "non_200"}
+    assert all(fields <= set(row) for row in summary["rows"])
+    one_at_a_time, loops = summary["rows"][: len(CASES) * len(PIPELINES)], summary["rows"][len(CASES) * 2 :]
+    assert all(r["in_process_p50_ms"] and r["service_p50_ms"] for r in one_at_a_time)
+    assert [r["concurrency"] for r in loops] == [1, 32, 64] and all(r["in_process_p50_ms"] is None for r in loops)
+    assert (tmp_path / "shapes.md").read_text() == (RESULTS / "shapes.md").read_text()
+    assert (tmp_path / "shapes.png").stat().st_size > 10_000
