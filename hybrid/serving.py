@@ -41,6 +41,9 @@ class ServedModel:
     ones): reads the profile from config.pbtxt parameters, places the instance on its device, builds the network,
     stacks the requests the batcher delivers, and answers each one (or its own error)."""
 
+    host_inputs: frozenset[str] = frozenset()
+    """Inputs read on the host (shapes, settings): kept on the CPU, where reading them costs no device sync."""
+
     def initialize(self, args: dict[str, Any]) -> None:
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
@@ -101,9 +104,6 @@ class ServedModel:
         """Requests with equal keys are stacked into one batch: by default, equal input shapes."""
         return tuple(tuple(t.shape) for t in inputs.values())
 
-    host_inputs: frozenset[str] = frozenset()
-    """Inputs read on the host (shapes, settings): kept on the CPU, where reading them costs no device sync."""
-
     def collate(self, requests: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """One group's requests → the batch `forward` takes: by default each input concatenated on the device
         (host inputs on the CPU)."""
@@ -163,14 +163,15 @@ class PreprocessModel(ServedModel):
     instance's device: a GPU on a GPU host, where the encoders take them without a copy."""
 
     def build(self) -> None:
-        self.max_frames = self.profile.prepare.max_input_frames
+        pass  # nothing to load: normalizing and patchifying are a few element-wise passes
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from hybrid.contracts import MAX_INPUT_FRAMES
         from hybrid.preprocess import preprocess
 
         frames = inputs["FRAMES"]
-        if not 1 <= frames.shape[1] <= self.max_frames:
-            raise ClientError(f"FRAMES holds {frames.shape[1]} frames; 1 to {self.max_frames} are served")
+        if not 1 <= frames.shape[1] <= MAX_INPUT_FRAMES:  # Triton checks the rest of the shape and the dtype
+            raise ClientError(f"FRAMES holds {frames.shape[1]} frames; 1 to {MAX_INPUT_FRAMES} are served")
         encoder_inputs = preprocess(frames)
         return {
             "VLM_PIXELS": encoder_inputs.vlm_pixels,

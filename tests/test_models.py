@@ -219,3 +219,16 @@ def test_reference_pipeline_all_pipelines() -> None:
     assert not np.allclose(conditionings["hybrid"], conditionings["vlm"])
     video = pipeline.reconstruct(samples.frames(2), "hybrid", num_frames=9, steps=2, seed=0)
     assert video.shape == (9, TINY.decoder.height, TINY.decoder.width, 3)
+
+
+def test_preprocess_model_refuses_more_frames_than_served() -> None:
+    """A client calling Triton directly meets the gateway's bound too (Triton itself checks shape and dtype)."""
+    from hybrid.contracts import MAX_INPUT_FRAMES
+    from hybrid.serving import ClientError, PreprocessModel
+
+    model = PreprocessModel()
+    frames = torch.zeros(1, MAX_INPUT_FRAMES + 1, 224, 224, 3, dtype=torch.uint8)
+    with pytest.raises(ClientError, match=f"1 to {MAX_INPUT_FRAMES} are served"):
+        model.forward({"FRAMES": frames})
+    out = model.forward({"FRAMES": frames[:, :2]})
+    assert out["VLM_PIXELS"].shape == (1, 256, 1176) and out["SPATIAL_PIXELS"].shape == (1, 2, 3, 224, 224)
