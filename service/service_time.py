@@ -17,10 +17,20 @@ This estimator compares what each pipeline costs to run instead:
   preprocess + max(vlm_encoder, spatial_encoder) + fusion, vlm encode = preprocess + vlm_encoder + vlm_adapter, and
   reconstruct adds the decoder. The max of mean times is a lower bound of the mean of the max; it is exact when
   one branch dominates (Qwen2.5-VL against DINOv2 on a GPU).
+- **A branch model's time per pipeline**, measured, not assumed. vlm_encoder and spatial_encoder run beside each
+  other in hybrid and alone in vlm and spatial. Where they share a device (a CPU's cores, one GPU) each slows the
+  other inside hybrid only, so a model's mean over all its executions understates hybrid's branch and overstates
+  the single-encoder pipeline's: on the 2-core CPU host, vlm_encoder took 6.4 ms in vlm and 8.2 ms in hybrid, and
+  the pooled means read encode +6.7% where the paired benchmark measured +15.1%. Triton reports each ensemble's
+  compute as the sum of its composing models' compute for that ensemble's requests, so a model's time in a
+  pipeline where it runs alone is that pipeline's ensemble compute less its other steps'; its time beside its
+  sibling is what remains of the model's total. Each such model's batch-1 time is scaled, per pipeline, by that
+  time over its mean (`factors`). Models that never run beside a sibling keep one time for every pipeline.
 - **Over a sliding window** of counter deltas between snapshots (one per replica per poll, summed over replicas;
   a replica whose counters went backwards restarted and its interval is skipped).
 - **Uncertainty**: a bootstrap over the poll intervals, per model (each model's batch-1 executions of an interval
-  resampled as a block), percentile 95% interval of the overhead. Models are resampled independently.
+  resampled as a block; its requests of all batch sizes, and each ensemble's requests, likewise), percentile 95%
+  interval of the overhead. Models and ensembles are resampled independently; request counts are held fixed.
 - Fixed per-request costs outside the models (HTTP, media decoding, gRPC, the ensemble's hand-offs) are in
   neither pipeline's figure: the overhead is relative to the models' own work.
 """
@@ -36,7 +46,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from hybrid.contracts import CONDITIONING, ENCODE_CHAINS, PIPELINES, model_specs
+from hybrid.contracts import CONDITIONING, ENCODE_CHAINS, PIPELINES, ensemble_name, model_specs
 from service.verdict import Verdict, judge, overhead_ratio, quantile
 
 # Names and edges of the model graph do not depend on the encoders' widths.
@@ -44,6 +54,8 @@ SPECS = model_specs(vlm_dim=0, spatial_dim=0)
 STAGES: tuple[str, ...] = tuple(SPECS)
 DECODER: str = next(name for name, spec in SPECS.items() if CONDITIONING in {t.name for t in spec.inputs})
 SCOPES: dict[str, str] = {"end_to_end": "reconstruct", "encode": "encode"}  # overhead scope → the ensemble kind
+KINDS: tuple[str, ...] = ("encode", "reconstruct")
+ENSEMBLES: dict[str, tuple[str, str]] = {ensemble_name(k, p): (k, p) for k in KINDS for p in PIPELINES}
 COMPUTE_PHASES = ("compute_input", "compute_infer", "compute_output")
 BOOTSTRAP_RESAMPLES = 2000
 MIN_INTERVALS = 2  # a bootstrap over one interval has no spread: no interval, no verdict
@@ -69,6 +81,78 @@ def critical_path(models: Sequence[str], times: Mapping[str, T]) -> T:
         for tensor in spec.outputs:
             producer[tensor.name] = model
     return reduce(np.maximum, finish.values())
+
+
+def concurrent(models: Sequence[str]) -> set[str]:
+    """Those of `models` (one ensemble's chain, in a topological order) that can run at the same time as another
+    model of the chain: neither one's output leads to the other's input."""
+    producer: dict[str, str] = {}
+    before: dict[str, set[str]] = {}  # model → every model upstream of it
+    for model in models:
+        parents = {producer[t.name] for t in SPECS[model].inputs if t.name in producer}
+        before[model] = set().union(*(before[p] | {p} for p in parents))
+        for tensor in SPECS[model].outputs:
+            producer[tensor.name] = model
+    return {a for a in models for b in models if a != b and a not in before[b] and b not in before[a]}
+
+
+def _branch_models() -> dict[str, str]:
+    """model → the one pipeline where it runs beside a sibling branch, for each model that does. Its time there is
+    what remains of its total once the pipelines where it runs alone (each with no other such model, so that
+    pipeline's ensemble compute pins it down) have taken theirs: the graph must allow that split."""
+    found: dict[str, list[str]] = {}
+    for pipeline, models in ENCODE_CHAINS.items():
+        for model in concurrent(models):
+            found.setdefault(model, []).append(pipeline)
+    for model, pipelines in found.items():
+        if len(pipelines) != 1:
+            raise ValueError(f"{model} runs beside a sibling in {pipelines}: its time per pipeline has no split")
+        for pipeline, models in ENCODE_CHAINS.items():
+            alone = pipeline not in pipelines and model in models
+            if alone and len(set(models) & set(found)) != 1:
+                raise ValueError(f"{pipeline} chains several branch models: their times there have no split")
+    return {model: pipelines[0] for model, pipelines in found.items()}
+
+
+BRANCH_MODELS: dict[str, str] = _branch_models()
+
+
+def pipeline_factors(
+    request_mean: Mapping[str, T],
+    requests: Mapping[str, float],
+    ensemble_mean: Mapping[str, T],
+    ensemble_requests: Mapping[str, float],
+) -> dict[str, dict[str, T]]:
+    """For each branch model, its mean compute per request in each pipeline that chains it over its mean over all
+    its requests: > 1 where its sibling branch slows it, < 1 where it runs alone.
+
+    `request_mean`/`requests`: each model's compute per request (all batch sizes) and its request count;
+    `ensemble_mean`/`ensemble_requests`: the same for each ensemble, whose compute Triton reports as the sum of its
+    composing models' for its requests. In a pipeline where the model runs alone, its time is that pipeline's
+    encode ensemble's compute less the other steps' means (the reconstruct ensemble's only when encode had no
+    requests: subtracting the decoder's mean adds the decoder's noise to a much shorter model's time); beside its
+    sibling, it is what remains of its total. NaN where a pipeline had no requests. Works on floats and on arrays
+    of bootstrap draws."""
+    factors: dict[str, dict[str, T]] = {}
+    for model, beside in BRANCH_MODELS.items():
+        explained: Any = 0.0  # compute of this model's requests made by the pipelines where it runs alone
+        alone_requests = 0.0
+        times: dict[str, Any] = {}
+        for pipeline in (p for p in PIPELINES if model in ENCODE_CHAINS[p] and p != beside):
+            counts = {kind: ensemble_requests.get(ensemble_name(kind, pipeline), 0.0) for kind in KINDS}
+            kind = "encode" if counts["encode"] > 0 else "reconstruct"
+            name = ensemble_name(kind, pipeline)
+            if counts[kind] > 0:
+                others = sum(request_mean[m] for m in chain(kind, pipeline) if m != model)
+                times[pipeline] = ensemble_mean[name] - others
+                explained = explained + sum(counts.values()) * times[pipeline]
+                alone_requests += sum(counts.values())
+            else:
+                times[pipeline] = np.nan
+        rest = requests.get(model, 0.0) - alone_requests
+        times[beside] = (request_mean[model] * requests.get(model, 0.0) - explained) / rest if rest > 0 else np.nan
+        factors[model] = {p: np.maximum(t, 0.0) / request_mean[model] for p, t in times.items()}
+    return factors
 
 
 @dataclass(frozen=True)
@@ -108,11 +192,12 @@ def _ns(entry: Mapping[str, Any]) -> int:
 
 def parse_statistics(payload: Mapping[str, Any]) -> dict[str, ModelCounters]:
     """The composing models' counters from one replica's statistics (KServe v2 statistics extension, as the gRPC
-    client's `get_inference_statistics(as_json=True)` or the HTTP API return them). Ensembles are skipped."""
+    client's `get_inference_statistics(as_json=True)` or the HTTP API return them), and the pipelines' ensembles'
+    (their compute is the sum of their composing models' for their requests). Other models are skipped."""
     counters: dict[str, ModelCounters] = {}
     for model in payload.get("model_stats", []):
         name = model.get("name")
-        if name not in SPECS:
+        if name not in SPECS and name not in ENSEMBLES:
             continue
         stats = model.get("inference_stats", {})
         batch1: Mapping[str, Any] = next(
@@ -196,6 +281,22 @@ class Estimate:
     scopes: dict[str, ScopeEstimate]
     intervals: int
     span_s: float  # time covered by the intervals
+    factors: dict[str, dict[str, float]] = field(default_factory=dict)  # branch model → pipeline → its time there
+    ensembles: dict[str, int] = field(default_factory=dict)  # ensemble → its requests in the window
+
+
+def _ratio_draws(blocks: list[tuple[int, int]], rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap draws of Σns / Σcount over `blocks` (count, ns) of the poll intervals, resampled with
+    replacement, in seconds; NaN without blocks."""
+    if not blocks:
+        return np.full(BOOTSTRAP_RESAMPLES, np.nan)
+    counts, spent = (np.asarray(column, dtype=float) for column in zip(*blocks, strict=True))
+    index = rng.integers(0, len(blocks), size=(BOOTSTRAP_RESAMPLES, len(blocks)))
+    return spent[index].sum(axis=1) / counts[index].sum(axis=1) / 1e9
+
+
+def _mean_s(ns: int, count: int) -> float:
+    return ns / count / 1e9 if count else np.nan
 
 
 class ServiceTimeWindow:
@@ -233,43 +334,62 @@ class ServiceTimeWindow:
 
     def _estimate(self, intervals: list[tuple[float, dict[str, ModelCounters]]]) -> Estimate:
         rng = np.random.default_rng(self.seed)
+        totals = {
+            name: reduce(lambda a, b: a + b, (d[name] for _, d in intervals if name in d), ModelCounters())
+            for name in (*STAGES, *ENSEMBLES)
+        }
+
+        def blocks(name: str, batch1: bool) -> list[tuple[int, int]]:
+            deltas = [delta[name] for _, delta in intervals if name in delta]
+            if batch1:
+                return [(d.executions, d.service_ns) for d in deltas if d.executions > 0]
+            return [(d.requests, d.compute_ns) for d in deltas if d.requests > 0]
+
         stages: dict[str, StageEstimate] = {}
-        points: dict[str, float] = {}
+        points: dict[str, float] = {}  # model → batch-1 service time
         draws: dict[str, np.ndarray] = {}
         for model in STAGES:
-            deltas = [delta[model] for _, delta in intervals if model in delta]
-            total = reduce(lambda a, b: a + b, deltas, ModelCounters())
-            blocks = [(d.executions, d.service_ns) for d in deltas if d.executions > 0]
-            service = total.service_ns / total.executions / 1e9 if total.executions else np.nan
+            total = totals[model]
+            service = _mean_s(total.service_ns, total.executions)
             stages[model] = StageEstimate(
                 executions=total.executions,
-                intervals=len(blocks),
+                intervals=len(blocks(model, batch1=True)),
                 service_s=service,
                 requests=total.requests,
-                queue_mean_s=total.queue_ns / total.requests / 1e9 if total.requests else np.nan,
-                compute_mean_s=total.compute_ns / total.requests / 1e9 if total.requests else np.nan,
+                queue_mean_s=_mean_s(total.queue_ns, total.requests),
+                compute_mean_s=_mean_s(total.compute_ns, total.requests),
                 mean_batch=total.inferences / total.batches if total.batches else np.nan,
             )
             points[model] = service
-            if blocks:
-                counts, spent = (np.asarray(column, dtype=float) for column in zip(*blocks, strict=True))
-                index = rng.integers(0, len(blocks), size=(BOOTSTRAP_RESAMPLES, len(blocks)))
-                draws[model] = spent[index].sum(axis=1) / counts[index].sum(axis=1) / 1e9
-            else:
-                draws[model] = np.full(BOOTSTRAP_RESAMPLES, np.nan)
-        scopes = {scope: self._scope(kind, stages, points, draws) for scope, kind in SCOPES.items()}
+            draws[model] = _ratio_draws(blocks(model, batch1=True), rng)
+        # Per-request compute (all batch sizes) of the models and ensembles: what splits a branch model's time
+        # between the pipelines that chain it.
+        per_request = {name: _mean_s(totals[name].compute_ns, totals[name].requests) for name in totals}
+        per_request_draws = {name: _ratio_draws(blocks(name, batch1=False), rng) for name in totals}
+        requests = {name: float(totals[name].requests) for name in totals}
+        factors = pipeline_factors(per_request, requests, per_request, requests)
+        factor_draws = pipeline_factors(per_request_draws, requests, per_request_draws, requests)
+        scopes = {scope: self._scope(kind, stages, (points, factors), (draws, factor_draws)) for scope, kind in
+                  SCOPES.items()}  # fmt: skip
         span = intervals[-1][0] - self.snapshots[0].at if intervals and self.snapshots else 0.0
-        return Estimate(stages, scopes, len(intervals), max(span, 0.0))
+        return Estimate(
+            stages,
+            scopes,
+            len(intervals),
+            max(span, 0.0),
+            factors={m: {p: float(f) for p, f in by.items()} for m, by in factors.items()},
+            ensembles={name: totals[name].requests for name in ENSEMBLES},
+        )
 
     def _scope(
         self,
         kind: str,
         stages: dict[str, StageEstimate],
-        points: dict[str, float],
-        draws: dict[str, np.ndarray],
+        points: tuple[dict[str, float], dict[str, dict[str, float]]],
+        draws: tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]],
     ) -> ScopeEstimate:
         chains = {pipeline: chain(kind, pipeline) for pipeline in PIPELINES}
-        service = {p: float(critical_path(models, points)) for p, models in chains.items()}
+        service = {p: float(critical_path(models, pipeline_times(p, *points))) for p, models in chains.items()}
         executions = {p: min(stages[m].executions for m in models) for p, models in chains.items()}
         reasons = [
             f"{model}: {stages[model].executions} batch-1 executions in {stages[model].intervals} poll intervals "
@@ -277,12 +397,26 @@ class ServiceTimeWindow:
             for model in dict.fromkeys(chains["hybrid"] + chains["vlm"])
             if stages[model].executions < self.min_samples or stages[model].intervals < MIN_INTERVALS
         ]
+        if not reasons:
+            reasons = [
+                f"{model}: its time in {pipeline} is unknown (no {pipeline} requests in Triton's ensemble statistics)"
+                for pipeline in ("hybrid", "vlm")
+                for model, factor in points[1].items()
+                if model in chains[pipeline] and np.isnan(factor[pipeline])
+            ]
         ratio = overhead_ratio(service["hybrid"], service["vlm"])
         if reasons:
             return ScopeEstimate(np.nan, (np.nan, np.nan), Verdict.INSUFFICIENT, service, executions, reasons)
-        ratios = critical_path(chains["hybrid"], draws) / critical_path(chains["vlm"], draws) - 1
+        hybrid = critical_path(chains["hybrid"], pipeline_times("hybrid", *draws))
+        ratios = hybrid / critical_path(chains["vlm"], pipeline_times("vlm", *draws)) - 1
         low, high = (float(quantile(ratios, q)) for q in (0.025, 0.975))
         return ScopeEstimate(ratio, (low, high), judge(ratio, self.budget, (low, high)), service, executions)
+
+
+def pipeline_times(pipeline: str, service: Mapping[str, T], factors: Mapping[str, Mapping[str, T]]) -> dict[str, T]:
+    """Each model's batch-1 service time in `pipeline`: a branch model's scaled by its factor there."""
+    return {m: service[m] * factors[m][pipeline] if m in factors and pipeline in factors[m] else service[m]
+            for m in service}  # fmt: skip
 
 
 def _finite(value: Any) -> Any:
