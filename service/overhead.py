@@ -189,6 +189,10 @@ class OverheadTracker:
             "pipelines": pipelines,
             "stages": {m: s.as_dict() for m, s in estimate.stages.items()},
             "branch_factors": {m: {p: _finite(f) for p, f in by.items()} for m, by in estimate.factors.items()},
+            "branch_split": {
+                m: {p: {"requests": n, "compute_s": spent} for p, (n, spent) in by.items()}
+                for m, by in estimate.split.items()
+            },
             "ensemble_requests": estimate.ensembles,
             "statistics": {"intervals": estimate.intervals, "span_s": estimate.span_s},
             "estimator_note": ESTIMATOR_NOTE,

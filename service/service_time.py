@@ -117,42 +117,59 @@ def _branch_models() -> dict[str, str]:
 BRANCH_MODELS: dict[str, str] = _branch_models()
 
 
-def pipeline_factors(
-    request_mean: Mapping[str, T],
-    requests: Mapping[str, float],
-    ensemble_mean: Mapping[str, T],
-    ensemble_requests: Mapping[str, float],
-) -> dict[str, dict[str, T]]:
-    """For each branch model, its mean compute per request in each pipeline that chains it over its mean over all
-    its requests: > 1 where its sibling branch slows it, < 1 where it runs alone.
+def alone_pipelines(model: str) -> tuple[str, ...]:
+    """The pipelines that chain branch model `model` without its sibling."""
+    return tuple(p for p in PIPELINES if model in ENCODE_CHAINS[p] and p != BRANCH_MODELS[model])
 
-    `request_mean`/`requests`: each model's compute per request (all batch sizes) and its request count;
-    `ensemble_mean`/`ensemble_requests`: the same for each ensemble, whose compute Triton reports as the sum of its
-    composing models' for its requests. In a pipeline where the model runs alone, its time is that pipeline's
-    encode ensemble's compute less the other steps' means (the reconstruct ensemble's only when encode had no
-    requests: subtracting the decoder's mean adds the decoder's noise to a much shorter model's time); beside its
-    sibling, it is what remains of its total. NaN where a pipeline had no requests. Works on floats and on arrays
-    of bootstrap draws."""
-    factors: dict[str, dict[str, T]] = {}
-    for model, beside in BRANCH_MODELS.items():
-        explained: Any = 0.0  # compute of this model's requests made by the pipelines where it runs alone
-        alone_requests = 0.0
-        times: dict[str, Any] = {}
-        for pipeline in (p for p in PIPELINES if model in ENCODE_CHAINS[p] and p != beside):
-            counts = {kind: ensemble_requests.get(ensemble_name(kind, pipeline), 0.0) for kind in KINDS}
-            kind = "encode" if counts["encode"] > 0 else "reconstruct"
-            name = ensemble_name(kind, pipeline)
-            if counts[kind] > 0:
-                others = sum(request_mean[m] for m in chain(kind, pipeline) if m != model)
-                times[pipeline] = ensemble_mean[name] - others
-                explained = explained + sum(counts.values()) * times[pipeline]
-                alone_requests += sum(counts.values())
-            else:
-                times[pipeline] = np.nan
-        rest = requests.get(model, 0.0) - alone_requests
-        times[beside] = (request_mean[model] * requests.get(model, 0.0) - explained) / rest if rest > 0 else np.nan
-        factors[model] = {p: np.maximum(t, 0.0) / request_mean[model] for p, t in times.items()}
-    return factors
+
+def split_branch(delta: Mapping[str, ModelCounters], model: str, fallback: Mapping[str, float]) -> np.ndarray:
+    """One poll interval's compute of branch model `model`, split between the pipelines that chain it: [requests,
+    compute ns] of all its requests, then [requests, compute ns] made by each of `alone_pipelines(model)`.
+
+    Triton reports an ensemble's compute as the sum of its composing models' compute for its requests. So in a
+    pipeline where the model runs alone, its compute per request is that pipeline's encode ensemble's less the
+    other steps' means over the same interval (the models ran at the same load then; `fallback`, their means over
+    the window, where a step finished no request in the interval). The reconstruct ensemble serves only when encode
+    had no requests: subtracting the decoder's mean would add the decoder's noise to a much shorter model's time.
+    What remains of the model's compute is the pipeline's where it runs beside its sibling. Requests that straddle
+    two polls are counted by a model in one interval and by its ensemble in the next; summed over the window, the
+    split still accounts for every request and every nanosecond exactly once."""
+    own = delta.get(model, ModelCounters())
+    row = [float(own.requests), float(own.compute_ns)]
+    for pipeline in alone_pipelines(model):
+        counts = {kind: delta[e].requests if (e := ensemble_name(kind, pipeline)) in delta else 0 for kind in KINDS}
+        kind = "encode" if counts["encode"] > 0 else "reconstruct"
+        source = delta.get(ensemble_name(kind, pipeline), ModelCounters())
+        if not source.requests:
+            row += [0.0, 0.0]
+            continue
+        others = 0.0
+        for step in chain(kind, pipeline):
+            if step != model:
+                counters = delta.get(step, ModelCounters())
+                others += counters.compute_ns / counters.requests if counters.requests else fallback[step] * 1e9
+        each = source.compute_ns / source.requests - others
+        row += [float(sum(counts.values())), sum(counts.values()) * each]
+    return np.asarray(row)
+
+
+def branch_factors(model: str, sums: np.ndarray) -> dict[str, Any]:
+    """From the window's sums of `split_branch` rows (one row, or one per bootstrap draw): for each pipeline that
+    chains `model`, its compute per request there over its mean over all its requests (> 1 where its sibling slows
+    it, < 1 alone). NaN where the pipeline made none of its requests."""
+    sums = np.atleast_2d(sums)
+    factors: dict[str, Any] = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = sums[:, 1] / sums[:, 0]
+        alone_requests, alone_ns = np.zeros(len(sums)), np.zeros(len(sums))
+        for k, pipeline in enumerate(alone_pipelines(model)):
+            n, spent = sums[:, 2 + 2 * k], sums[:, 3 + 2 * k]
+            factors[pipeline] = np.where(n > 0, np.maximum(spent, 0.0) / n, np.nan) / mean
+            alone_requests, alone_ns = alone_requests + n, alone_ns + spent
+        rest = sums[:, 0] - alone_requests
+        beside = np.where(rest > 0, np.maximum(sums[:, 1] - alone_ns, 0.0) / rest, np.nan) / mean
+    factors[BRANCH_MODELS[model]] = beside
+    return {p: f[0] if len(f) == 1 else f for p, f in factors.items()}
 
 
 @dataclass(frozen=True)
@@ -282,6 +299,8 @@ class Estimate:
     intervals: int
     span_s: float  # time covered by the intervals
     factors: dict[str, dict[str, float]] = field(default_factory=dict)  # branch model → pipeline → its time there
+    # branch model → pipeline → (requests, compute s) of the model made by that pipeline over the window
+    split: dict[str, dict[str, tuple[int, float]]] = field(default_factory=dict)
     ensembles: dict[str, int] = field(default_factory=dict)  # ensemble → its requests in the window
 
 
@@ -339,11 +358,10 @@ class ServiceTimeWindow:
             for name in (*STAGES, *ENSEMBLES)
         }
 
-        def blocks(name: str, batch1: bool) -> list[tuple[int, int]]:
+        def blocks(name: str) -> list[tuple[int, int]]:
+            """(batch-1 executions, their compute) of each interval holding some."""
             deltas = [delta[name] for _, delta in intervals if name in delta]
-            if batch1:
-                return [(d.executions, d.service_ns) for d in deltas if d.executions > 0]
-            return [(d.requests, d.compute_ns) for d in deltas if d.requests > 0]
+            return [(d.executions, d.service_ns) for d in deltas if d.executions > 0]
 
         stages: dict[str, StageEstimate] = {}
         points: dict[str, float] = {}  # model → batch-1 service time
@@ -353,7 +371,7 @@ class ServiceTimeWindow:
             service = _mean_s(total.service_ns, total.executions)
             stages[model] = StageEstimate(
                 executions=total.executions,
-                intervals=len(blocks(model, batch1=True)),
+                intervals=len(blocks(model)),
                 service_s=service,
                 requests=total.requests,
                 queue_mean_s=_mean_s(total.queue_ns, total.requests),
@@ -361,14 +379,29 @@ class ServiceTimeWindow:
                 mean_batch=total.inferences / total.batches if total.batches else np.nan,
             )
             points[model] = service
-            draws[model] = _ratio_draws(blocks(model, batch1=True), rng)
-        # Per-request compute (all batch sizes) of the models and ensembles: what splits a branch model's time
-        # between the pipelines that chain it.
-        per_request = {name: _mean_s(totals[name].compute_ns, totals[name].requests) for name in totals}
-        per_request_draws = {name: _ratio_draws(blocks(name, batch1=False), rng) for name in totals}
-        requests = {name: float(totals[name].requests) for name in totals}
-        factors = pipeline_factors(per_request, requests, per_request, requests)
-        factor_draws = pipeline_factors(per_request_draws, requests, per_request_draws, requests)
+            draws[model] = _ratio_draws(blocks(model), rng)
+        # Each branch model's compute split between the pipelines, per interval (see split_branch).
+        fallback = {m: _mean_s(totals[m].compute_ns, totals[m].requests) for m in STAGES}
+        factors: dict[str, dict[str, Any]] = {}
+        factor_draws: dict[str, dict[str, Any]] = {}
+        split: dict[str, dict[str, tuple[int, float]]] = {}
+        for model in BRANCH_MODELS:
+            rows = np.array([split_branch(delta, model, fallback) for _, delta in intervals]).reshape(
+                len(intervals), 2 + 2 * len(alone_pipelines(model))
+            )
+            rows = rows[rows.any(axis=1)]
+            sums = rows.sum(axis=0)
+            factors[model] = branch_factors(model, sums)
+            alone = {
+                p: (int(sums[2 + 2 * k]), float(sums[3 + 2 * k]) / 1e9) for k, p in enumerate(alone_pipelines(model))
+            }
+            beside = (int(sums[0]) - sum(n for n, _ in alone.values()), (sums[1] - sums[3::2].sum()) / 1e9)
+            split[model] = {BRANCH_MODELS[model]: (beside[0], float(beside[1])), **alone}
+            # The same bootstrap as the stages': the model's intervals resampled as blocks.
+            resampled = np.zeros((BOOTSTRAP_RESAMPLES, rows.shape[1]))
+            if len(rows):
+                resampled = rows[rng.integers(0, len(rows), size=(BOOTSTRAP_RESAMPLES, len(rows)))].sum(axis=1)
+            factor_draws[model] = branch_factors(model, resampled)
         scopes = {scope: self._scope(kind, stages, (points, factors), (draws, factor_draws)) for scope, kind in
                   SCOPES.items()}  # fmt: skip
         span = intervals[-1][0] - self.snapshots[0].at if intervals and self.snapshots else 0.0
@@ -379,6 +412,7 @@ class ServiceTimeWindow:
             max(span, 0.0),
             factors={m: {p: float(f) for p, f in by.items()} for m, by in factors.items()},
             ensembles={name: totals[name].requests for name in ENSEMBLES},
+            split=split,
         )
 
     def _scope(

@@ -16,14 +16,16 @@ from service.service_time import (
     BRANCH_MODELS,
     DECODER,
     STAGES,
+    ModelCounters,
     ServiceTimeWindow,
     Snapshot,
+    branch_factors,
     chain,
     concurrent,
     critical_path,
     interval_delta,
     parse_statistics,
-    pipeline_factors,
+    split_branch,
 )
 from service.triton_device import parse_device
 from service.verdict import Verdict, combine, judge, overhead_ratio, quantile
@@ -275,18 +277,59 @@ def test_branch_models_come_from_the_graph() -> None:
     assert BRANCH_MODELS == {"vlm_encoder": "hybrid", "spatial_encoder": "hybrid"}
 
 
-def test_factors_split_a_models_time_between_pipelines() -> None:
-    """By hand: vlm_encoder made 10 requests in vlm (ensemble compute 13 ms each: 2 + 10 + 1) and 30 in hybrid,
-    800 ms in all: hybrid's share is (800 − 10 × 10) / 30 = 23.3 ms a request, against a pooled 20 ms."""
-    mean = {"preprocess": 0.002, "vlm_encoder": 0.8 / 40, "vlm_adapter": 0.001, "spatial_encoder": 0.006,
-            "spatial_adapter": 0.001, "fusion": 0.003, "video_decoder": 0.04}  # fmt: skip
-    requests = {"vlm_encoder": 40.0, "spatial_encoder": 30.0}
-    ensembles = {"encode_vlm": 0.013, "encode_hybrid": 0.0}
-    factors = pipeline_factors(mean, requests, ensembles, {"encode_vlm": 10.0, "encode_hybrid": 30.0})
-    assert factors["vlm_encoder"]["vlm"] == pytest.approx(0.010 / 0.020)
-    assert factors["vlm_encoder"]["hybrid"] == pytest.approx((0.8 - 0.1) / 30 / 0.020)
-    assert factors["spatial_encoder"]["hybrid"] == pytest.approx(1.0)  # all its requests were hybrid's
-    assert math.isnan(factors["spatial_encoder"]["spatial"])
+def test_split_of_one_interval_by_hand() -> None:
+    """vlm_encoder made 10 requests in vlm (encode_vlm's compute 13 ms each: 2 + 10 + 1) and 30 in hybrid, 800 ms in
+    all: vlm's 10 took 100 ms, hybrid's the other 700 (23.3 ms each, against a mean of 20)."""
+
+    def counters(requests: int, ms_each: float) -> ModelCounters:
+        return ModelCounters(requests=requests, compute_ns=int(requests * ms_each * MS))
+
+    delta = {"preprocess": counters(40, 2.0), "vlm_adapter": counters(10, 1.0), "vlm_encoder": counters(40, 20.0),
+             "encode_vlm": counters(10, 13.0), "encode_hybrid": counters(30, 40.0)}  # fmt: skip
+    row = split_branch(delta, "vlm_encoder", fallback={})
+    assert list(row) == pytest.approx([40, 800 * MS, 10, 100 * MS])
+    factors = branch_factors("vlm_encoder", row)
+    assert factors["vlm"] == pytest.approx(10 / 20) and factors["hybrid"] == pytest.approx(700 / 30 / 20)
+    # A step that finished no request in the interval is counted at its mean over the window.
+    del delta["vlm_adapter"]
+    assert split_branch(delta, "vlm_encoder", fallback={"vlm_adapter": 0.004})[3] == pytest.approx(10 * 7 * MS)
+    # No spatial requests: spatial_encoder's time alone is unknown, and all of it is hybrid's.
+    spatial = branch_factors(
+        "spatial_encoder", split_branch({"spatial_encoder": counters(5, 6.0)}, "spatial_encoder", {})
+    )
+    assert math.isnan(spatial["spatial"]) and spatial["hybrid"] == pytest.approx(1.0)
+
+
+def test_the_split_follows_the_load_of_each_interval() -> None:
+    """Idle intervals with spatial requests (preprocess 2 ms) and loaded ones without (preprocess 6 ms): over the
+    window preprocess averages 5 ms, more than spatial's whole encode_spatial takes beyond spatial_encoder. Each
+    interval's own preprocess time gives spatial_encoder its true 6 ms alone."""
+    window = ServiceTimeWindow(window_s=60, budget=0.25, min_samples=1)
+    totals: dict[str, list[float]] = {}
+
+    def add(name: str, requests: int, ms_each: float) -> None:
+        entry = totals.setdefault(name, [0, 0.0])
+        entry[0] += requests
+        entry[1] += requests * ms_each
+
+    for second in range(13):
+        if second and second % 4 == 0:  # idle: one spatial and one hybrid encode
+            for name, ms in (("preprocess", 2.0), ("spatial_encoder", 6.0), ("spatial_adapter", 1.0)):
+                add(name, 1, ms)
+            add("encode_spatial", 1, 9.0)
+            for name, ms in (("preprocess", 2.0), ("spatial_encoder", 8.0), ("vlm_encoder", 10.0), ("fusion", 3.0)):
+                add(name, 1, ms)
+            add("encode_hybrid", 1, 23.0)
+        elif second:  # loaded: 3 hybrid encodes, everything slower
+            for name, ms in (("preprocess", 6.0), ("spatial_encoder", 12.0), ("vlm_encoder", 15.0), ("fusion", 5.0)):
+                add(name, 3, ms)
+            add("encode_hybrid", 3, 38.0)
+        models = [_model(name, batch1=(int(n), ms / n)) for name, (n, ms) in totals.items()]
+        window.add(_snapshot(float(second), replica=models))
+    factors = window.estimate(now=12).factors["spatial_encoder"]
+    spatial_mean = (3 * 6.0 + 3 * 8.0 + 27 * 12.0) / 33
+    assert factors["spatial"] * spatial_mean == pytest.approx(6.0)
+    assert factors["hybrid"] * spatial_mean == pytest.approx((3 * 8.0 + 27 * 12.0) / 30)
 
 
 def test_noise_gives_an_interval_around_the_estimate() -> None:
