@@ -194,7 +194,11 @@ class OverheadTracker:
                 for m, by in estimate.split.items()
             },
             "ensemble_requests": estimate.ensembles,
-            "statistics": {"intervals": estimate.intervals, "span_s": estimate.span_s},
+            "statistics": {
+                "intervals": estimate.intervals,
+                "span_s": estimate.span_s,
+                "snapshots": self.service_times.added,  # every poll so far, window or not
+            },
             "estimator_note": ESTIMATOR_NOTE,
         }
 

@@ -328,9 +328,11 @@ class ServiceTimeWindow:
         self.seed = seed
         self.snapshots: deque[Snapshot] = deque()
         self._cached: tuple[tuple[int, float], Estimate] | None = None
+        self.added = 0  # snapshots taken since start: what a client waits on to know a poll has happened
 
     def add(self, snapshot: Snapshot) -> None:
         self.snapshots.append(snapshot)
+        self.added += 1
         # Keep one snapshot older than the window as the baseline of the first interval in it.
         while len(self.snapshots) > 2 and self.snapshots[1].at < snapshot.at - self.window_s:
             self.snapshots.popleft()

@@ -5,16 +5,16 @@ The traffic is uneven on purpose (hybrid at concurrency 4 beside sequential vlm 
 rounds of every pipeline), so that the dynamic batcher groups some executions and requests queue: the estimator
 must keep to batch-1 executions and leave queueing out. The test reads Triton's statistics itself, over HTTP (the
 gateway reads them over gRPC), and recomputes from them the stage times and the critical paths, and checks that
-the branch models' split between pipelines accounts for each of their requests and nanoseconds exactly once. It asserts no timing: how fast the machine was changes the figures, never whether
-they agree. Whether the live figure agrees with the paired benchmark is a measurement, not a test:
-`benchmarks/overhead.py` reports it (`agreement`), and its results are in `benchmarks/results/`.
+the branch models' split between pipelines accounts for each of their requests and nanoseconds exactly once.
+It asserts no timing: how fast the machine was changes the figures, never whether they agree. Whether the live
+figure agrees with the paired benchmark is a measurement, not a test: `benchmarks/overhead.py` reports it
+(`agreement`), and its results are in `benchmarks/results/`.
 """
 
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -23,6 +23,7 @@ import pytest
 from hybrid import samples
 from service.local_stack import Stack, StackError, running_stack
 from service.verdict import BUDGET, judge, overhead_ratio
+from tests.polling import after_polls, overhead_when
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,6 @@ CHAINS = {
 }
 BRANCHES = {"vlm_encoder": "vlm", "spatial_encoder": "spatial"}  # beside each other in hybrid, alone here
 PHASES = ("compute_input", "compute_infer", "compute_output")
-WAIT_S = 120.0  # for the gateway's next one-second statistics poll: a bound for failing, not a measurement
 
 
 @pytest.fixture(scope="module")
@@ -59,20 +59,6 @@ def fresh_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def _post(client: httpx.Client, url: str, endpoint: str, pipeline: str, data: bytes) -> None:
     reply = client.post(f"{url}/{endpoint}", params={"pipeline": pipeline}, files={"file": ("in.png", data)})
     assert reply.status_code == 200, f"{endpoint} {pipeline}: {reply.status_code} {reply.text[:300]}"
-
-
-def _wait_for(client: httpx.Client, url: str, done: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
-    """/v1/overhead once `done(report)`: the gateway polls Triton every second."""
-    deadline = time.monotonic() + WAIT_S
-    while not done(report := client.get(f"{url}/v1/overhead").json()):
-        assert time.monotonic() < deadline, f"no {what} within {WAIT_S} s: {report['statistics']}"
-        time.sleep(0.2)
-    return report
-
-
-def _next_poll(client: httpx.Client, url: str) -> None:
-    intervals = client.get(f"{url}/v1/overhead").json()["statistics"]["intervals"]
-    _wait_for(client, url, lambda r: r["statistics"]["intervals"] > intervals, "new statistics poll")
 
 
 def _triton_statistics(stack: Stack) -> dict[str, dict[str, Any]]:
@@ -106,14 +92,14 @@ def test_live_verdict_is_drawn_from_triton_statistics_and_agrees_with_them(fresh
     url = fresh_stack.gateway_url
     with httpx.Client(timeout=300) as client:
         # The window's first interval exists: its baseline snapshot holds the counters read here.
-        _wait_for(client, url, lambda r: r["statistics"]["intervals"] >= 1, "first statistics interval")
+        overhead_when(client, url, lambda r: r["statistics"]["intervals"] >= 1, "first statistics interval")
         before = {name: _counters(entry) for name, entry in _triton_statistics(fresh_stack).items()}
 
         for r in range(ROUNDS):  # sequential: every model runs at batch 1, in at least ROUNDS poll intervals
             for pipeline in PIPELINES:
                 for endpoint in ENDPOINTS:
                     _post(client, url, endpoint, pipeline, samples.png(seed=r))
-            _next_poll(client, url)
+            after_polls(client, url)
         errors: list[BaseException] = []
         users = [threading.Thread(target=_hybrid_user, args=(url, 100 * (k + 1), errors)) for k in range(HYBRID_USERS)]
         for user in users:
@@ -132,7 +118,7 @@ def test_live_verdict_is_drawn_from_triton_statistics_and_agrees_with_them(fresh
         sent = {f"{e}_{p}": ROUNDS + (VLM_PAIRS_BESIDE if p == "vlm" else 0) for e in ENDPOINTS for p in PIPELINES}
         sent |= {f"{e}_hybrid": hybrid_each for e in ENDPOINTS}
         assert {name: delta[name]["requests"] for name in sent} == sent
-        live = _wait_for(client, url, lambda r: r["ensemble_requests"] == sent, "poll after the last request")
+        live = overhead_when(client, url, lambda r: r["ensemble_requests"] == sent, "poll after the last request")
 
     # The traffic was uneven: far more hybrid requests than vlm ones, as the gateway's latencies counted them.
     for scope in SCOPES:
