@@ -20,12 +20,17 @@ This estimator compares what each pipeline costs to run instead:
 - **A branch model's time per pipeline**, measured, not assumed. vlm_encoder and spatial_encoder run beside each
   other in hybrid and alone in vlm and spatial. Where they share a device (a CPU's cores, one GPU) each slows the
   other inside hybrid only, so a model's mean over all its executions understates hybrid's branch and overstates
-  the single-encoder pipeline's: on the 2-core CPU host, vlm_encoder took 6.4 ms in vlm and 8.2 ms in hybrid, and
-  the pooled means read encode +6.7% where the paired benchmark measured +15.1%. Triton reports each ensemble's
-  compute as the sum of its composing models' compute for that ensemble's requests, so a model's time in a
-  pipeline where it runs alone is that pipeline's ensemble compute less its other steps'; its time beside its
+  the single-encoder pipeline's: on the 2-core CPU host (tiny profile, 200 pairs, benchmarks/results/
+  overhead-tiny.md) vlm_encoder took 7.2 ms alone and 9.0 ms in hybrid, and the pooled means read encode +3.5%
+  where the paired benchmark measured +12.2% [+10.0%, +13.7%]; split, the estimate read +13.7% [+11.1%, +16.7%].
+  Triton reports each ensemble's compute as the sum of its composing models' compute for that ensemble's
+  requests, so in each poll interval a model's time in a pipeline where it runs alone is that pipeline's encode
+  ensemble's compute less its other steps' means in the same interval (`split_branch`); its time beside its
   sibling is what remains of the model's total. Each such model's batch-1 time is scaled, per pipeline, by that
-  time over its mean (`factors`). Models that never run beside a sibling keep one time for every pipeline.
+  time over its mean (`branch_factors`). Models that never run beside a sibling keep one time for every pipeline.
+  Not modelled: the mean of the per-request max exceeds the max of the means when the branches are close and
+  vary, and hybrid has one more ensemble step; on that CPU host the live hybrid − vlm difference fell 1.2 ms
+  short of the paired 3.6 ms at encode (README, "When the live figure can be trusted").
 - **Over a sliding window** of counter deltas between snapshots (one per replica per poll, summed over replicas;
   a replica whose counters went backwards restarted and its interval is skipped).
 - **Uncertainty**: a bootstrap over the poll intervals, per model (each model's batch-1 executions of an interval
