@@ -34,8 +34,8 @@ This estimator compares what each pipeline costs to run instead:
 - **Over a sliding window** of counter deltas between snapshots (one per replica per poll, summed over replicas;
   a replica whose counters went backwards restarted and its interval is skipped).
 - **Uncertainty**: a bootstrap over the poll intervals, per model (each model's batch-1 executions of an interval
-  resampled as a block; its requests of all batch sizes, and each ensemble's requests, likewise), percentile 95%
-  interval of the overhead. Models and ensembles are resampled independently; request counts are held fixed.
+  resampled as a block; each branch model's split of an interval likewise), percentile 95% interval of the
+  overhead. Models and the branch splits are resampled independently.
 - Fixed per-request costs outside the models (HTTP, media decoding, gRPC, the ensemble's hand-offs) are in
   neither pipeline's figure: the overhead is relative to the models' own work.
 """
