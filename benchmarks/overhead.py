@@ -7,7 +7,13 @@ order that alternates between pairs so drift and warm caches favour neither. For
 /encode (the encode_* ensembles) it reports medians, the overhead median(hybrid)/median(vlm) − 1 with a paired
 bootstrap 95% confidence interval, and the verdict against the budget (service/verdict.py: the same definition
 the gateway and the load test use). The stage breakdown and the gateway's live service-time estimate come from
-its /v1/overhead (Triton's statistics). Writes <out>/overhead-<profile>.json, .md and .png.
+its /v1/overhead (Triton's statistics), and the two are set side by side (`agreement`): do the live interval and
+the paired one overlap, and how far apart are the hybrid − vlm differences in milliseconds. The live figure
+excludes the costs outside the models (HTTP, decoding, gRPC), which the paired one includes in both pipelines: a
+ratio over a smaller base reads larger for the same difference, so the difference is compared too, and the live
+difference is also shown over the paired vlm median ("on the paired scale"). Start the service fresh for this
+(`make up`, or `benchmarks/full_gpu.sh` on a GPU): the live window must hold this run's traffic only, which the
+result checks against the ensembles' request counts. Writes <out>/overhead-<profile>.json, .md and .png.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -29,6 +36,7 @@ from service.service_time import STAGES
 from service.verdict import BUDGET, judge, overhead_ratio, quantile
 
 ENDPOINTS = ("reconstruct", "encode")
+LIVE_SCOPES = {"reconstruct": "end_to_end", "encode": "encode"}  # endpoint → the gateway's overhead scope
 
 
 def make_inputs(count: int, size: int, seed: int) -> list[bytes]:
@@ -43,6 +51,15 @@ def bootstrap_ratio_ci(hybrid: list[float], vlm: list[float], resamples: int, se
     index = rng.integers(0, len(h), size=(resamples, len(h)))
     ratios = quantile(h[index], 0.5, axis=1) / quantile(v[index], 0.5, axis=1) - 1
     return float(quantile(ratios, 0.025)), float(quantile(ratios, 0.975))
+
+
+def bootstrap_difference_ci(hybrid: list[float], vlm: list[float], resamples: int, seed: int) -> tuple[float, float]:
+    """95% CI of median(hybrid) − median(vlm) in seconds, resampling pairs (the two stay matched)."""
+    rng = np.random.default_rng(seed)
+    h, v = np.asarray(hybrid), np.asarray(vlm)
+    index = rng.integers(0, len(h), size=(resamples, len(h)))
+    differences = quantile(h[index], 0.5, axis=1) - quantile(v[index], 0.5, axis=1)
+    return float(quantile(differences, 0.025)), float(quantile(differences, 0.975))
 
 
 def run_pairs(url: str, pairs: int, inputs: list[bytes], params: dict[str, int], warmup: int) -> dict:
@@ -69,6 +86,18 @@ def run_pairs(url: str, pairs: int, inputs: list[bytes], params: dict[str, int],
     return latencies
 
 
+def live_after(url: str, sent: int, wait_s: float = 30.0) -> dict:
+    """The gateway's /v1/overhead once its statistics poll (every second) has seen every request sent: read at once,
+    the window would lack the last second's requests. Gives up after `wait_s`, returning what it has."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        report = httpx.get(f"{url}/v1/overhead", timeout=10).json()
+        counts = report.get("ensemble_requests", {})
+        if all(counts.get(f"{e}_{p}", 0) >= sent for e in ENDPOINTS for p in PIPELINES) or time.monotonic() > deadline:
+            return report
+        time.sleep(0.5)
+
+
 def analyse(latencies: dict, budget: float, resamples: int) -> dict:
     out: dict = {}
     for endpoint in ENDPOINTS:
@@ -84,6 +113,37 @@ def analyse(latencies: dict, budget: float, resamples: int) -> dict:
             "overhead_ci95": [low, high],
             "overhead_p95": overhead_ratio(p95["hybrid"], p95["vlm"]),
             "verdict": judge(ratio, budget, (low, high)).value,
+            "difference_s": medians["hybrid"] - medians["vlm"],
+            "difference_ci95_s": list(bootstrap_difference_ci(data["hybrid"], data["vlm"], resamples, seed=2)),
+        }
+    return out
+
+
+def agreement(analysis: dict, live: dict, pairs: int, warmup: int) -> dict:
+    """The gateway's live `service_time` estimate against the paired benchmark, per scope: both overheads with
+    their intervals and whether those overlap; the hybrid − vlm differences; the live difference over the paired
+    vlm median. `window_only_this_run`: the live window's ensembles served exactly this run's requests."""
+    out: dict = {}
+    requests = live.get("ensemble_requests", {})
+    sent = pairs + warmup
+    for endpoint, scope in LIVE_SCOPES.items():
+        paired, estimate = analysis[endpoint], live["overhead"][scope]
+        service = estimate["service_s"]
+        low, high = estimate["ci95"]
+        plow, phigh = paired["overhead_ci95"]
+        difference = None if None in (service["hybrid"], service["vlm"]) else service["hybrid"] - service["vlm"]
+        out[scope] = {
+            "live_overhead": estimate["ratio"],
+            "live_ci95": [low, high],
+            "live_verdict": estimate["verdict"],
+            "paired_overhead": paired["overhead_median"],
+            "paired_ci95": [plow, phigh],
+            "intervals_overlap": None if None in (low, high) else bool(low <= phigh and plow <= high),
+            "live_difference_s": difference,
+            "paired_difference_s": paired["difference_s"],
+            "paired_difference_ci95_s": paired["difference_ci95_s"],
+            "live_on_paired_scale": None if difference is None else difference / paired["median_s"]["vlm"],
+            "window_only_this_run": all(requests.get(f"{endpoint}_{pipeline}") == sent for pipeline in PIPELINES),
         }
     return out
 
@@ -186,7 +246,37 @@ def markdown(result: dict) -> str:
             interval = f" (95% CI {ci[0]:+.1%} … {ci[1]:+.1%})" if None not in ci else ""
             ratio = "n/a" if entry["ratio"] is None else f"{entry['ratio']:+.1%}"
             lines.append(f"- {scope}: {ratio}{interval}, {entry['verdict']}")
+    if result.get("agreement"):
+        lines += ["", "Live against paired (the live figure leaves out the costs outside the models, which the paired "
+                  "one has in both pipelines; differences in ms are comparable as they are):", ""]  # fmt: skip
+        rows = []
+        for scope, a in result["agreement"].items():
+            rows.append([
+                scope,
+                _pct(a["live_overhead"]) + " " + _interval(a["live_ci95"], _pct),
+                _pct(a["paired_overhead"]) + " " + _interval(a["paired_ci95"], _pct),
+                {True: "yes", False: "no", None: "n/a"}[a["intervals_overlap"]],
+                _ms(a["live_difference_s"]),
+                _ms(a["paired_difference_s"]) + " " + _interval(a["paired_difference_ci95_s"], _ms),
+                _pct(a["live_on_paired_scale"]),
+                "yes" if a["window_only_this_run"] else "no",
+            ])  # fmt: skip
+        head = ["scope", "live overhead", "paired overhead", "intervals overlap", "live hybrid − vlm",
+                "paired hybrid − vlm", "live on the paired scale", "window = this run"]  # fmt: skip
+        lines += markdown_table(head, rows, align="llllrrrl")
     return "\n".join(lines) + "\n"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1%}"
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 1000:+.2f} ms"
+
+
+def _interval(bounds: list[float | None], show: Callable[[float | None], str]) -> str:
+    return "" if None in bounds else f"[{show(bounds[0])}, {show(bounds[1])}]"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     inputs = make_inputs(8, args.size, seed=0)
     print(f"{args.pairs} pairs against {args.url} …", flush=True)
     latencies = run_pairs(args.url, args.pairs, inputs, params, args.warmup)
-    server = httpx.get(f"{args.url}/v1/overhead", timeout=10).json()
+    server = live_after(args.url, args.pairs + args.warmup)
     result = {
         "device": server["device"],
         "profile": server["profile"],
@@ -221,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         "latencies_s": latencies,
         "server": server,
     }
+    result["agreement"] = agreement(result["analysis"], server, args.pairs, args.warmup)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"overhead-{result['profile']}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")

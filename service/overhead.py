@@ -41,7 +41,9 @@ QUANTILES = (0.5, 0.95)
 SNAPSHOT_INTERVAL_S = 1.0  # Triton statistics poll: the bootstrap's unit of resampling
 ESTIMATOR_NOTE = (
     "service_time: per model, the mean compute (input + infer + output) of one batch-1 execution from Triton's "
-    "statistics, queueing excluded, combined along each ensemble's graph (parallel branches: the slower); overhead "
+    "statistics, queueing excluded, combined along each ensemble's graph (parallel branches: the slower); a branch "
+    "model's time is split per pipeline through the ensembles' compute (branch_factors), since beside its sibling "
+    "on a shared device it runs slower than alone; overhead "
     "= hybrid / vlm - 1 with a bootstrap 95% interval over the poll intervals; the verdict is within_budget only "
     "when the whole interval is. request_latency: quantiles of the gateway's latencies of the requests that "
     "arrived, queueing included: what users feel under the current traffic, not a comparison of the pipelines."
@@ -186,7 +188,17 @@ class OverheadTracker:
             },
             "pipelines": pipelines,
             "stages": {m: s.as_dict() for m, s in estimate.stages.items()},
-            "statistics": {"intervals": estimate.intervals, "span_s": estimate.span_s},
+            "branch_factors": {m: {p: _finite(f) for p, f in by.items()} for m, by in estimate.factors.items()},
+            "branch_split": {
+                m: {p: {"requests": n, "compute_s": spent} for p, (n, spent) in by.items()}
+                for m, by in estimate.split.items()
+            },
+            "ensemble_requests": estimate.ensembles,
+            "statistics": {
+                "intervals": estimate.intervals,
+                "span_s": estimate.span_s,
+                "snapshots": self.service_times.added,  # every poll so far, window or not
+            },
             "estimator_note": ESTIMATOR_NOTE,
         }
 

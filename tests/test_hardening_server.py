@@ -22,7 +22,7 @@ from service.local_stack import free_ports
 from service.settings import Settings
 
 CLIENT_TIMEOUT_S = 1.0  # the silence a client is allowed here (30 s by default)
-WAIT_S = 10.0  # how long a test waits for the server's reaction before failing
+WAIT_S = 30.0  # how long a test waits for the server's reaction before failing (a bound, never a measurement)
 
 
 def serve(**overrides: object) -> Iterator[tuple[str, int]]:
@@ -72,12 +72,14 @@ def test_a_client_silent_inside_its_upload_gets_408(address: tuple[str, int]) ->
     assert reply.startswith(b"HTTP/1.1 408") and b"no data for" in reply
 
 
-def test_a_chunked_upload_is_refused_before_48_mib_are_read(address: tuple[str, int]) -> None:
+def test_a_chunked_upload_is_refused_before_48_mib_are_read() -> None:
     """At the default 32 MiB limit: the 413 arrives while the client is still sending, after at most the limit
-    plus what loopback socket buffers hold; the rest of the body is never read."""
-    reply, sent = chunked_upload_until_refused(address, 64 * MiB, WAIT_S)
-    assert reply.startswith(b"HTTP/1.1 413") and b"file_too_large" in reply, reply[:200]
-    assert sent < 48 * MiB, f"{sent / MiB:.1f} MiB sent before the 413"
+    plus what loopback socket buffers hold; the rest of the body is never read. The client may be silent longer
+    than a second here (a busy machine can stall it): this is about size, not silence."""
+    for address in serve(client_timeout_s=WAIT_S):
+        reply, sent = chunked_upload_until_refused(address, 64 * MiB, WAIT_S)
+        assert reply.startswith(b"HTTP/1.1 413") and b"file_too_large" in reply, reply[:200]
+        assert sent < 48 * MiB, f"{sent / MiB:.1f} MiB sent before the 413"
 
 
 def test_admission_is_taken_before_the_upload_is_read() -> None:

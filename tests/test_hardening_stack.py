@@ -1,7 +1,7 @@
 """The real stack (the session's `python -m service`, HYBRID_MAX_IN_FLIGHT=4) under hostile use: every file of
 the hostile-media corpus answered with its status inside a memory bound, a flood of 64 concurrent requests
-answered only with 200 or a fast 429, and a schema-driven fuzz (schemathesis, seeded and bounded) finding no 5xx
-and no reply that disagrees with the OpenAPI schema."""
+answered only with 200 or a 429 that did no work, and a schema-driven fuzz (schemathesis, seeded and bounded)
+finding no 5xx and no reply that disagrees with the OpenAPI schema."""
 
 from __future__ import annotations
 
@@ -46,9 +46,24 @@ def test_hostile_media_is_answered_within_a_memory_bound(stack: Stack, entry: ho
     assert preprocess.gained <= PREPROCESS_BOUND, f"preprocess +{preprocess.gained / MiB:.0f} MiB"
 
 
-def test_a_flood_gets_only_200_or_a_fast_429(stack: Stack) -> None:
-    """64 concurrent requests against 4 slots: each is served or refused, nothing else; a refusal costs the
-    gateway no work (its own timing, in Server-Timing, is a small fraction of any served request's)."""
+def _rejected_overloaded(stack: Stack) -> float:
+    for line in httpx.get(f"{stack.gateway_url}/metrics").text.splitlines():
+        if line.startswith('hybrid_gateway_rejected_requests_total{reason="overloaded"}'):
+            return float(line.split()[-1])
+    raise AssertionError("no overloaded counter")
+
+
+def _ensemble_requests(stack: Stack, ensemble: str) -> int:
+    stats = httpx.get(f"{stack.triton_http_url}/v2/models/{ensemble}/stats", timeout=30).json()
+    return sum(int(s["inference_stats"]["success"]["count"]) for s in stats["model_stats"])
+
+
+def test_a_flood_gets_only_200_or_a_429_that_did_no_work(stack: Stack) -> None:
+    """64 concurrent requests against 4 slots: each is served or refused, nothing else; a refusal costs no work:
+    its Server-Timing has no decode or Triton span (the gateway refused it before both), Triton ran exactly the
+    served requests, and each refusal was counted as one. How long a refusal took depends on how busy the machine
+    is, so it is not asserted (that admission comes before the upload is read: tests/test_hardening_server.py)."""
+    rejected, executed = _rejected_overloaded(stack), _ensemble_requests(stack, "reconstruct_hybrid")
 
     async def flood() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=64)
@@ -68,14 +83,16 @@ def test_a_flood_gets_only_200_or_a_fast_429(stack: Stack) -> None:
     statuses = [r.status_code for r in replies]
     assert set(statuses) <= {200, 429} and 200 in statuses and 429 in statuses, statuses
 
-    def gateway_ms(reply: httpx.Response) -> float:
-        timing = dict(part.strip().split(";dur=") for part in reply.headers["server-timing"].split(","))
-        return float(timing["gateway"])
+    def spans(reply: httpx.Response) -> set[str]:
+        return {part.strip().split(";")[0] for part in reply.headers["server-timing"].split(",")}
 
-    refused = [gateway_ms(r) for r in replies if r.status_code == 429]
-    served = [gateway_ms(r) for r in replies if r.status_code == 200]
-    assert all(r.headers["retry-after"] for r in replies if r.status_code == 429)
-    assert max(refused) < min(served) and max(refused) < 500, (max(refused), min(served))
+    refused = [r for r in replies if r.status_code == 429]
+    served = [r for r in replies if r.status_code == 200]
+    assert all(r.headers["retry-after"] and r.json()["error"]["code"] == "overloaded" for r in refused)
+    assert all(spans(r) == {"gateway"} for r in refused), {frozenset(spans(r)) for r in refused}
+    assert all({"decode", "triton"} <= spans(r) for r in served)
+    assert _ensemble_requests(stack, "reconstruct_hybrid") - executed == len(served)
+    assert _rejected_overloaded(stack) - rejected == len(refused)
 
 
 def test_triton_refuses_inference_that_skips_the_gateway(stack: Stack) -> None:

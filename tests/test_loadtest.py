@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,9 @@ NOTHING_LISTENS = "http://127.0.0.1:9"  # the discard port: a connection is refu
 HEADER = re.compile(r"^pipeline +requests +failures +fail % +req/s +p50 ms +p95 ms +p99 ms$", re.MULTILINE)
 
 
+SAFETY_NET_S = 300  # a run that does not stop by itself fails here; the runs below take seconds
+
+
 def loadtest(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """One `python -m loadtest` process; its own bound is --run-time + --stop-timeout, this one's a safety net."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LOADTEST_")}
@@ -30,7 +32,7 @@ def loadtest(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
         [sys.executable, "-m", "loadtest", *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=SAFETY_NET_S,
         cwd=REPO,
         env={**clean, **(env or {})},
     )
@@ -73,13 +75,11 @@ def test_a_used_report_directory_is_refused(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_pipeline_users_pass_with_every_report(gateway_url: str, tmp_path: Path) -> None:
     """The default users, one per pipeline, for 5 s. A budget of +10000% makes the verdict depend only on the
-    failure bound: the tiny random-weight models say nothing about the real overhead."""
+    failure bound: the tiny random-weight models say nothing about the real overhead. That the run stops by itself
+    is Locust's --run-time; a run that did not would meet the safety net."""
     out = tmp_path / "run"
-    started = time.monotonic()
     proc = loadtest("--host", gateway_url, "--run-time", "5s", "--budget", "100", "--out", str(out))
-    wall_s = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert wall_s < 5 + 10 + 20, "the run stops by itself at --run-time (+ --stop-timeout)"
     table = proc.stdout[proc.stdout.index("E-P2.6 load-test verdict: PASS") :]
     assert HEADER.search(table) and "overhead hybrid/vlm at p95:" in table
     verdict = verdict_of(out)
@@ -133,22 +133,22 @@ def test_a_failing_pipeline_fails_the_run_and_can_be_judged_again(gateway_url: s
 
 @pytest.mark.integration
 def test_step_load_books_each_step_and_ends_after_the_last(gateway_url: str, tmp_path: Path) -> None:
-    """Paired users, 1 then 2, 3 s each: the shape ends after 6 s although --run-time allows 60."""
+    """Paired users, 1 then 2, 3 s each: the shape ends after 6 s although --run-time allows an hour (a run that
+    waited for it would meet the safety net). The p95 bound is out of reach of any latency, so whether a step is
+    ok depends on its failures only, not on how busy the machine is; a bound no latency meets follows."""
     out = tmp_path / "run"
-    started = time.monotonic()
     proc = loadtest(
         "PairedUser",
         *("--host", gateway_url, "--shape", "step", "--step-users", "1", "--users", "2", "--step-time", "3"),
-        *("--run-time", "60s", "--budget", "100", "--out", str(out)),
+        *("--run-time", "3600s", "--budget", "100", "--p95-bound-ms", "1e9", "--out", str(out)),
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert time.monotonic() - started < 40
     steps = verdict_of(out)["steps"]
     assert [(s["step"], s["users"]) for s in steps["steps"]] == [(0, 1), (1, 2)]
     for step in steps["steps"]:
         assert set(step["pipelines"]) == {"hybrid", "vlm"} and step["rps"] > 0
         assert step["overhead_p95"] is not None and step["ok"]
     assert steps["best"]["rps"] == max(s["rps"] for s in steps["steps"])
-    assert "step load (p95 bound 2000 ms):" in proc.stdout and "  step 1: 2 users" in proc.stdout
+    assert "step load (p95 bound 1000000000 ms):" in proc.stdout and "  step 1: 2 users" in proc.stdout
     too_tight = loadtest("verdict", str(out), "--p95-bound-ms", "0.5")
     assert "no step kept p95 under the bound" in too_tight.stdout

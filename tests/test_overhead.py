@@ -13,14 +13,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.metrics import LATENCY_BUCKETS, GatewayMetrics
 from service.overhead import LatencyWindow, OverheadCollector, OverheadTracker, latency_ratio
 from service.service_time import (
+    BRANCH_MODELS,
     DECODER,
     STAGES,
+    ModelCounters,
     ServiceTimeWindow,
     Snapshot,
+    branch_factors,
     chain,
+    concurrent,
     critical_path,
     interval_delta,
     parse_statistics,
+    split_branch,
 )
 from service.triton_device import parse_device
 from service.verdict import Verdict, combine, judge, overhead_ratio, quantile
@@ -132,7 +137,8 @@ def test_parse_statistics_keeps_batch_one_service_time_apart() -> None:
     payload = {
         "model_stats": [
             _model("fusion", batch1=(4, 10.0), batched=(2, 4, 25.0), queue_ms=7.0),
-            {"name": "encode_hybrid", "inference_stats": {"success": {"count": "9"}}},  # ensembles are not stages
+            {"name": "encode_hybrid", "inference_stats": {"success": {"count": "9"}}},  # kept apart from stages
+            {"name": "some_other_model", "inference_stats": {"success": {"count": "3"}}},
             {
                 "name": "fusion",
                 "version": "2",
@@ -149,7 +155,8 @@ def test_parse_statistics_keeps_batch_one_service_time_apart() -> None:
         ]
     }
     counters = parse_statistics(payload)
-    assert set(counters) == {"fusion"}
+    assert set(counters) == {"fusion", "encode_hybrid"} and set(STAGES).isdisjoint({"encode_hybrid"})
+    assert counters["encode_hybrid"].requests == 9
     fusion = counters["fusion"]
     assert fusion.executions == 5 and fusion.service_ns == 4 * 10 * MS + 10 * MS  # both versions, input + infer
     assert fusion.requests == 12 and fusion.queue_ns == 12 * 7 * MS
@@ -176,42 +183,55 @@ def test_interval_delta_sums_replicas_and_skips_restarts() -> None:
 # 2 + 10 + 1 = 13: the encode overhead is 15/13 − 1 = +15.4%; with a 40 ms decoder, end to end 55/53 − 1 = +3.8%.
 SERVICE_MS = {"preprocess": 2.0, "vlm_encoder": 10.0, "spatial_encoder": 6.0, "fusion": 3.0, "vlm_adapter": 1.0,
               "spatial_adapter": 1.0, "video_decoder": 40.0}  # fmt: skip
+# The branches slowing each other inside hybrid, as they do where they share a device's cores: vlm_encoder 13 ms
+# and spatial_encoder 9 ms beside each other, 10 and 6 alone. Hybrid encode is then 2 + 13 + 3 = 18 ms: +38.5%.
+CONTENDED = {"vlm_encoder": 1.3, "spatial_encoder": 1.5}
 
 
 def _traffic(window: ServiceTimeWindow, seconds: int, hybrid_per_s: int, vlm_every_s: int, queue_ms: float,
-             batched: int, jitter: float = 0.0, seed: int = 0) -> None:  # fmt: skip
-    """Feed `window` one snapshot a second of a stack serving `hybrid_per_s` hybrid requests (of which `batched`
-    run in batches of 2 at 1.6× the batch-1 time) and one vlm request every `vlm_every_s` seconds."""
+             batched: int, jitter: float = 0.0, seed: int = 0, vlm_per_due: int = 1, vlm_batched: int = 0,
+             beside: dict[str, float] | None = None) -> None:  # fmt: skip
+    """Feed `window` one snapshot a second of a stack serving `hybrid_per_s` hybrid /reconstruct requests a second
+    (of which `batched` run in batches of 2 at 1.6× the batch-1 time) and `vlm_per_due` vlm ones (`vlm_batched`
+    of them in pairs) every `vlm_every_s` seconds; `beside` slows the branch models inside hybrid. Each ensemble's
+    compute is the sum of its composing models' for its requests, as Triton reports it."""
     rng = np.random.default_rng(seed)
     totals: dict[str, list[float]] = {m: [0, 0.0, 0, 0.0] for m in STAGES}  # b1 count, b1 ms, b2 count, b2 ms
+    ensembles: dict[str, list[float]] = {"reconstruct_hybrid": [0, 0.0], "reconstruct_vlm": [0, 0.0]}
 
-    def run(model: str, single: int, pairs: int) -> None:
-        for _ in range(single):
-            totals[model][0] += 1
-            totals[model][1] += SERVICE_MS[model] * (1 + jitter * rng.standard_normal())
-        totals[model][2] += pairs
-        totals[model][3] += pairs * SERVICE_MS[model] * 1.6
+    def run(pipeline: str, single: int, pairs: int) -> None:
+        for model in chain("reconstruct", pipeline):
+            ms = SERVICE_MS[model] * ((beside or {}).get(model, 1.0) if pipeline == "hybrid" else 1.0)
+            took = [ms * (1 + jitter * rng.standard_normal()) for _ in range(single)]
+            totals[model][0] += single
+            totals[model][1] += sum(took)
+            totals[model][2] += pairs
+            totals[model][3] += pairs * ms * 1.6
+            ensembles[f"reconstruct_{pipeline}"][1] += sum(took) + 2 * pairs * ms * 1.6  # each counts its batch
+        ensembles[f"reconstruct_{pipeline}"][0] += single + 2 * pairs
 
     for second in range(seconds + 1):
         if second:
-            for model in ("preprocess", "vlm_encoder", "spatial_encoder", "fusion", "video_decoder"):
-                run(model, hybrid_per_s - batched, batched // 2)
+            run("hybrid", hybrid_per_s - batched, batched // 2)
             if second % vlm_every_s == 0:
-                for model in ("preprocess", "vlm_encoder", "vlm_adapter", "video_decoder"):
-                    run(model, 1, 0)
+                run("vlm", vlm_per_due - vlm_batched, vlm_batched // 2)
         models = []
         for model, (b1, b1_ms, b2, b2_ms) in totals.items():
             entry = _model(model, batch1=(int(b1), b1_ms / b1 if b1 else 0.0),
                            batched=(int(b2), 2, b2_ms / b2 if b2 else 0.0), queue_ms=queue_ms)  # fmt: skip
             models.append(entry)
+        for name, (requests, ms) in ensembles.items():
+            models.append(_model(name, batch1=(int(requests), ms / requests if requests else 0.0)))
         window.add(_snapshot(float(second), replica=models))
 
 
 def test_service_time_measures_the_pipelines_not_the_traffic() -> None:
     """Heavy queued hybrid traffic with batching and a trickle of vlm requests, or an idle stack with a balanced
-    mix: the same pipelines give the same overhead, exactly the batch-1 service times' ratio."""
+    mix: the same pipelines give the same overhead, exactly the batch-1 service times' ratio. The batcher groups
+    whatever is queued, so at the models both pipelines share, half of either pipeline's requests are batched."""
     loaded = ServiceTimeWindow(window_s=60, budget=0.25, min_samples=5)
-    _traffic(loaded, seconds=30, hybrid_per_s=12, vlm_every_s=3, queue_ms=80.0, batched=6)
+    _traffic(loaded, seconds=30, hybrid_per_s=12, vlm_every_s=3, queue_ms=80.0, batched=6, vlm_per_due=4,
+             vlm_batched=2)  # fmt: skip
     idle = ServiceTimeWindow(window_s=60, budget=0.25, min_samples=5)
     _traffic(idle, seconds=30, hybrid_per_s=1, vlm_every_s=1, queue_ms=0.0, batched=0)
     for window in (loaded, idle):
@@ -222,9 +242,94 @@ def test_service_time_measures_the_pipelines_not_the_traffic() -> None:
         for scope in estimate.scopes.values():
             assert scope.verdict is Verdict.WITHIN and scope.reasons == []
             assert scope.ci95[0] == pytest.approx(scope.ratio) == pytest.approx(scope.ci95[1])  # no noise here
+        assert estimate.factors["vlm_encoder"]["hybrid"] == pytest.approx(1.0)  # no contention in this stack
     stages = loaded.estimate(now=30).stages
-    assert stages["fusion"].executions == 30 * 6 and stages["vlm_adapter"].executions == 10
+    assert stages["fusion"].executions == 30 * 6 and stages["vlm_adapter"].executions == 10 * 2
     assert stages["fusion"].queue_mean_s == pytest.approx(0.080) and stages["fusion"].mean_batch > 1
+
+
+@pytest.mark.parametrize("load", ["idle, balanced", "queued hybrid load, batched"])
+def test_branches_that_slow_each_other_are_timed_per_pipeline(load: str) -> None:
+    """vlm_encoder and spatial_encoder slower beside each other in hybrid than alone: their pooled means would say
+    hybrid encode = 2 + max(10.9, 7.5) + 3 = 15.9 ms against vlm's 13.9 (+14%); split by pipeline through the
+    ensembles' compute, the estimate is the true 18 against 13 ms (+38.5%), however the traffic was mixed."""
+    window = ServiceTimeWindow(window_s=60, budget=0.25, min_samples=5)
+    if load.startswith("idle"):
+        _traffic(window, seconds=30, hybrid_per_s=1, vlm_every_s=1, queue_ms=0.0, batched=0, beside=CONTENDED)
+    else:
+        _traffic(window, seconds=30, hybrid_per_s=12, vlm_every_s=3, queue_ms=80.0, batched=6, vlm_per_due=4,
+                 vlm_batched=2, beside=CONTENDED)  # fmt: skip
+    estimate = window.estimate(now=30)
+    encode = estimate.scopes["encode"]
+    assert encode.service_s["hybrid"] == pytest.approx(0.018) and encode.service_s["vlm"] == pytest.approx(0.013)
+    assert encode.ratio == pytest.approx(18 / 13 - 1) and encode.verdict is Verdict.OVER
+    assert estimate.scopes["end_to_end"].ratio == pytest.approx(58 / 53 - 1)
+    pooled = estimate.stages["vlm_encoder"].service_s
+    assert 0.010 < pooled < 0.013  # a mix of both pipelines' executions: neither pipeline's time
+    vlm = estimate.factors["vlm_encoder"]
+    assert pooled * vlm["hybrid"] == pytest.approx(0.013) and pooled * vlm["vlm"] == pytest.approx(0.010)
+    assert math.isnan(estimate.factors["spatial_encoder"]["spatial"])  # no spatial requests: unknown, and unused
+
+
+def test_branch_models_come_from_the_graph() -> None:
+    assert concurrent(chain("encode", "hybrid")) == {"vlm_encoder", "spatial_encoder"}
+    assert concurrent(chain("reconstruct", "vlm")) == set()
+    assert BRANCH_MODELS == {"vlm_encoder": "hybrid", "spatial_encoder": "hybrid"}
+
+
+def test_split_of_one_interval_by_hand() -> None:
+    """vlm_encoder made 10 requests in vlm (encode_vlm's compute 13 ms each: 2 + 10 + 1) and 30 in hybrid, 800 ms in
+    all: vlm's 10 took 100 ms, hybrid's the other 700 (23.3 ms each, against a mean of 20)."""
+
+    def counters(requests: int, ms_each: float) -> ModelCounters:
+        return ModelCounters(requests=requests, compute_ns=int(requests * ms_each * MS))
+
+    delta = {"preprocess": counters(40, 2.0), "vlm_adapter": counters(10, 1.0), "vlm_encoder": counters(40, 20.0),
+             "encode_vlm": counters(10, 13.0), "encode_hybrid": counters(30, 40.0)}  # fmt: skip
+    row = split_branch(delta, "vlm_encoder", fallback={})
+    assert list(row) == pytest.approx([40, 800 * MS, 10, 100 * MS])
+    factors = branch_factors("vlm_encoder", row)
+    assert factors["vlm"] == pytest.approx(10 / 20) and factors["hybrid"] == pytest.approx(700 / 30 / 20)
+    # A step that finished no request in the interval is counted at its mean over the window.
+    del delta["vlm_adapter"]
+    assert split_branch(delta, "vlm_encoder", fallback={"vlm_adapter": 0.004})[3] == pytest.approx(10 * 7 * MS)
+    # No spatial requests: spatial_encoder's time alone is unknown, and all of it is hybrid's.
+    spatial = branch_factors(
+        "spatial_encoder", split_branch({"spatial_encoder": counters(5, 6.0)}, "spatial_encoder", {})
+    )
+    assert math.isnan(spatial["spatial"]) and spatial["hybrid"] == pytest.approx(1.0)
+
+
+def test_the_split_follows_the_load_of_each_interval() -> None:
+    """Idle intervals with spatial requests (preprocess 2 ms) and loaded ones without (preprocess 6 ms): over the
+    window preprocess averages 5 ms, more than spatial's whole encode_spatial takes beyond spatial_encoder. Each
+    interval's own preprocess time gives spatial_encoder its true 6 ms alone."""
+    window = ServiceTimeWindow(window_s=60, budget=0.25, min_samples=1)
+    totals: dict[str, list[float]] = {}
+
+    def add(name: str, requests: int, ms_each: float) -> None:
+        entry = totals.setdefault(name, [0, 0.0])
+        entry[0] += requests
+        entry[1] += requests * ms_each
+
+    for second in range(13):
+        if second and second % 4 == 0:  # idle: one spatial and one hybrid encode
+            for name, ms in (("preprocess", 2.0), ("spatial_encoder", 6.0), ("spatial_adapter", 1.0)):
+                add(name, 1, ms)
+            add("encode_spatial", 1, 9.0)
+            for name, ms in (("preprocess", 2.0), ("spatial_encoder", 8.0), ("vlm_encoder", 10.0), ("fusion", 3.0)):
+                add(name, 1, ms)
+            add("encode_hybrid", 1, 23.0)
+        elif second:  # loaded: 3 hybrid encodes, everything slower
+            for name, ms in (("preprocess", 6.0), ("spatial_encoder", 12.0), ("vlm_encoder", 15.0), ("fusion", 5.0)):
+                add(name, 3, ms)
+            add("encode_hybrid", 3, 38.0)
+        models = [_model(name, batch1=(int(n), ms / n)) for name, (n, ms) in totals.items()]
+        window.add(_snapshot(float(second), replica=models))
+    factors = window.estimate(now=12).factors["spatial_encoder"]
+    spatial_mean = (3 * 6.0 + 3 * 8.0 + 27 * 12.0) / 33
+    assert factors["spatial"] * spatial_mean == pytest.approx(6.0)
+    assert factors["hybrid"] * spatial_mean == pytest.approx((3 * 8.0 + 27 * 12.0) / 30)
 
 
 def test_noise_gives_an_interval_around_the_estimate() -> None:
@@ -245,10 +350,22 @@ def test_too_few_vlm_executions_is_insufficient_and_says_which() -> None:
     assert any(reason.startswith("vlm_adapter: 2 batch-1 executions") for reason in scope.reasons)
 
 
+def test_without_ensemble_statistics_the_split_is_unknown_and_says_so() -> None:
+    window = ServiceTimeWindow(window_s=60, budget=0.25, min_samples=5)
+    for second in range(10):
+        models = [_model(m, batch1=(10 * second, ms)) for m, ms in SERVICE_MS.items()]
+        window.add(_snapshot(float(second), replica=models))
+    scope = window.estimate(now=9).scopes["encode"]
+    assert scope.verdict is Verdict.INSUFFICIENT
+    assert scope.reasons == ["vlm_encoder: its time in vlm is unknown (no vlm requests in Triton's ensemble "
+                             "statistics)"]  # fmt: skip
+
+
 def test_window_slides() -> None:
     window = ServiceTimeWindow(window_s=10, budget=0.25, min_samples=5)
     _traffic(window, seconds=40, hybrid_per_s=2, vlm_every_s=1, queue_ms=0.0, batched=0)
     assert window.snapshots[0].at < 40 - 10 <= window.snapshots[1].at
+    assert window.added == 41  # every poll counted, those that slid out too
     assert window.estimate(now=40).stages["vlm_adapter"].executions == 10
     assert window.estimate(now=100).stages["vlm_adapter"].executions == 0  # nothing polled for a minute
 
@@ -289,7 +406,8 @@ def test_device_from_triton_metrics() -> None:
 
 def _tracker_with_traffic() -> OverheadTracker:
     tracker = OverheadTracker(window_s=1e9, budget=0.25, min_samples=5, profile="tiny")
-    _traffic(tracker.service_times, seconds=20, hybrid_per_s=4, vlm_every_s=2, queue_ms=30.0, batched=2, jitter=0.1)
+    _traffic(tracker.service_times, seconds=20, hybrid_per_s=4, vlm_every_s=2, queue_ms=30.0, batched=2, jitter=0.02,
+             vlm_per_due=4, vlm_batched=2)  # fmt: skip
     for seconds in (1.0, 1.1, 1.2, 1.3, 1.4):
         tracker.latencies.add("reconstruct", "hybrid", seconds * 1.5)
         tracker.latencies.add("reconstruct", "vlm", seconds)
@@ -302,7 +420,9 @@ def test_report_names_its_estimator_and_keeps_user_latency_beside_it() -> None:
     assert report["estimator"] == "service_time" and report["verdict"] == "within_budget"
     encode = report["overhead"]["encode"]
     assert encode["verdict"] == "within_budget" and encode["ci95"][0] <= encode["ratio"] <= encode["ci95"][1]
-    assert encode["executions"] == {"hybrid": 40, "vlm": 10, "spatial": 0}  # 2 of 4 hybrid requests a second batched
+    assert encode["executions"] == {"hybrid": 40, "vlm": 20, "spatial": 0}  # half of each pipeline's batched
+    assert report["branch_factors"]["vlm_encoder"]["hybrid"] == pytest.approx(1.0, abs=0.05)
+    assert report["branch_factors"]["spatial_encoder"]["spatial"] is None
     # Queued hybrid requests read +50% to users; the verdict does not follow the queue.
     assert report["request_latency"]["end_to_end"]["p50"] == pytest.approx(0.5)
     assert report["request_latency"]["encode"]["p50"] is None
@@ -347,3 +467,43 @@ def test_triton_time_is_observed_per_ensemble() -> None:
     count = metrics.registry.get_sample_value
     assert count("hybrid_gateway_triton_duration_seconds_count", {"endpoint": "encode", "pipeline": "hybrid"}) == 1
     assert count("hybrid_gateway_triton_duration_seconds_sum", {"endpoint": "reconstruct", "pipeline": "vlm"}) == 0.5
+
+
+# --- the paired benchmark beside the live estimate --------------------------------------------------------------
+
+
+def test_the_benchmark_sets_the_live_estimate_beside_the_paired_one() -> None:
+    """Paired medians 40 vs 32 ms at encode (+25%, 8 ms); the live estimate 25 vs 20 ms (+25%, 5 ms): the intervals
+    overlap, the differences do not match, and on the paired scale the live 5 ms is +15.6%."""
+    from benchmarks import overhead as paired
+
+    latencies = {e: {"hybrid": [0.040] * 8, "vlm": [0.032] * 8, "spatial": [0.030] * 8} for e in paired.ENDPOINTS}
+    analysis = paired.analyse(latencies, budget=0.25, resamples=200)
+    assert analysis["encode"]["difference_s"] == pytest.approx(0.008)
+    assert analysis["encode"]["difference_ci95_s"] == pytest.approx([0.008, 0.008])
+    live = {
+        "overhead": {
+            scope: {
+                "ratio": 0.25,
+                "ci95": [0.2, 0.3],
+                "verdict": "inconclusive",
+                "service_s": {"hybrid": 0.025, "vlm": 0.020, "spatial": None},
+            }
+            for scope in ("encode", "end_to_end")
+        },  # fmt: skip
+        "ensemble_requests": {f"{e}_{p}": 8 + 2 for e in paired.ENDPOINTS for p in ("hybrid", "vlm", "spatial")},
+    }
+    agreement = paired.agreement(analysis, live, pairs=8, warmup=2)
+    encode = agreement["encode"]
+    assert encode["intervals_overlap"] is True and encode["window_only_this_run"] is True
+    assert encode["live_difference_s"] == pytest.approx(0.005)
+    assert encode["live_on_paired_scale"] == pytest.approx(0.005 / 0.032)
+    live["overhead"]["encode"]["ci95"] = [0.3, 0.4]
+    live["ensemble_requests"]["encode_vlm"] = 11  # another client's request in the window
+    again = paired.agreement(analysis, live, pairs=8, warmup=2)["encode"]
+    assert again["intervals_overlap"] is False and again["window_only_this_run"] is False
+    server = {"pipelines": {p: {"stages": {}} for p in ("hybrid", "vlm", "spatial")}}
+    result = {"device": "cpu", "profile": "tiny", "input": "x", "pairs": 8, "budget": 0.25, "command": "c",
+              "analysis": analysis, "agreement": agreement, "server": server}  # fmt: skip
+    table = paired.markdown(result)
+    assert "| encode | +25.0% [+20.0%, +30.0%] | +25.0% [+25.0%, +25.0%] | yes | +5.00 ms |" in table

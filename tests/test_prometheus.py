@@ -18,6 +18,7 @@ import yaml
 
 from hybrid import samples
 from service.local_stack import Stack, free_port
+from tests.polling import after_polls
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,14 +28,13 @@ PROMETHEUS_CONFIG = ROOT / "docker" / "prometheus" / "prometheus.yml"
 
 @pytest.fixture(scope="module")
 def traffic(stack: Stack) -> None:
-    """Enough successful requests on every pipeline and both endpoints for the overhead window, spread over several
-    of the gateway's one-second statistics polls, plus a rejected one."""
+    """Enough successful requests on every pipeline and both endpoints for the overhead window, each round in a
+    statistics poll of its own (waited for, not slept for), plus a rejected one; then a poll that saw them all."""
     with httpx.Client(timeout=300) as client:
         for i in range(6):
             _every_pipeline_and_endpoint(client, stack.gateway_url, seed=i)
-            time.sleep(0.5)
+            after_polls(client, stack.gateway_url)
         assert client.post(f"{stack.gateway_url}/encode", files={"file": ("x", b"junk")}).status_code == 422
-    time.sleep(2.5)  # the last requests reach a statistics snapshot
 
 
 def _every_pipeline_and_endpoint(client: httpx.Client, url: str, seed: int = 0) -> None:
@@ -125,7 +125,7 @@ def prometheus(stack: Stack, traffic: None, tmp_path_factory: pytest.TempPathFac
         stderr=(workdir / "prometheus.log").open("wb"),
     )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # bounds for failing: it is ready in a second or two
         while True:
             try:
                 if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
@@ -170,7 +170,7 @@ def test_every_dashboard_query_returns_data(stack: Stack, prometheus: str) -> No
     gpu = _triton_has_gpu_metrics(stack)
     # Keep the traffic going on every pipeline and endpoint while Prometheus collects the samples rate() needs.
     pending = {expr for _, expr in queries if gpu or "nv_gpu_" not in expr}
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 240  # rate() needs two scrapes a second apart; ~8 s here, idle
     with httpx.Client(timeout=300) as client:
         while pending and time.monotonic() < deadline:
             _every_pipeline_and_endpoint(client, stack.gateway_url)
