@@ -1,7 +1,7 @@
 """TensorRT engines (`<model>/1/model.plan`) from the exported ONNX, through TensorRT's public Python API.
 
 NOT exercised by CI, and not runnable on the development machines: no TensorRT builder installs there (the
-README's "TensorRT engines" section).
+"TensorRT engines" section of export/README.md).
 It runs inside the NGC TensorRT image (`docker compose --profile export run --rm export`), whose TensorRT must
 be the release of the Triton image that loads the plans — a plan only loads in the TensorRT version, and on the
 GPU model, that built it.

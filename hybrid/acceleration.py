@@ -8,7 +8,8 @@ launch-bound (benchmarks/results/gpu-h200/). Two mechanisms, combined:
   shapes. The blocks of a stack share one compiled graph, so a stack compiles like one block, and every sequence
   length and batch reuses it (PyTorch still specializes a size of 1: a batch of one, or one latent frame, is its
   own graph). Compiling whole models once per static shape took 46 s per LTX-Video shape and 35 s per Qwen
-  shape, which bounded start-up to three one-frame batch sizes and left every clip eager (NOTES, README).
+  shape, which bounded start-up to three one-frame batch sizes and left every clip eager (benchmarks/README.md,
+  "History").
 - **CUDA graphs of whole calls** (`GraphedCall`): each model's forward — compiled blocks and the eager glue
   between them (rotary tables, projections, norms) alike — is captured once per input shape into a CUDA graph
   and replayed: one launch instead of hundreds, and no Python between kernels. Capturing takes milliseconds, so

@@ -30,7 +30,7 @@ This estimator compares what each pipeline costs to run instead:
   time over its mean (`branch_factors`). Models that never run beside a sibling keep one time for every pipeline.
   Not modelled: the mean of the per-request max exceeds the max of the means when the branches are close and
   vary, and hybrid has one more ensemble step; on that CPU host the live hybrid − vlm difference fell 1.2 ms
-  short of the paired 3.6 ms at encode (README, "When the live figure can be trusted").
+  short of the paired 3.6 ms at encode (service/README.md, "When the live figure can be trusted").
 - **Over a sliding window** of counter deltas between snapshots (one per replica per poll, summed over replicas;
   a replica whose counters went backwards restarted and its interval is skipped).
 - **Uncertainty**: a bootstrap over the poll intervals, per model (each model's batch-1 executions of an interval

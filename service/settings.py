@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     max_input_frames: int = Field(_MEDIA.max_frames, ge=1)
     max_output_frames: int = Field(_DECODER.max_frames, ge=1)
     max_steps: int = Field(_DECODER.max_steps, ge=1)
-    # Hardening (README "Limits and failure behaviour").
+    # Hardening (service/README.md, "Limits and failure behaviour").
     max_total_pixels: int = Field(_MEDIA.max_total_pixels, ge=1)  # decoded pixels over all frames of one upload (413)
     decode_workers: int = Field(2, ge=1)  # uploads decoded at once, each holding about one full-size frame
     client_timeout_s: float = Field(30.0, gt=0)  # silence allowed while a client sends its headers or body (408)

@@ -213,7 +213,7 @@ def test_37x37_grid_matches_hub_runtime_interpolation(tmp_path: Path, swiglu: bo
 
 def test_37x37_grid_other_resampling_rules_differ(tmp_path: Path) -> None:
     """Why the service does not use timm's loader or HF's interpolation: with a 37×37 grid, both give tokens far
-    from the hub's (README "DINOv2 features" quotes these sizes, measured on these random weights)."""
+    from the hub's (hybrid/README.md "DINOv2 features" quotes these sizes, measured on these random weights)."""
     import timm
     from timm.models.vision_transformer import checkpoint_filter_fn
 

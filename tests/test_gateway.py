@@ -91,8 +91,8 @@ def test_declared_oversized_upload_is_413() -> None:
     assert reply.status_code == 413 and reply.json()["error"]["code"] == "file_too_large"
 
 
-# Hardening: token, origins, request ids, what a 5xx discloses, every reply counted (README "Limits and failure
-# behaviour"). Triton is down in these gateways, so a 503 proves a request passed every check before it.
+# Hardening: token, origins, request ids, what a 5xx discloses, every reply counted (service/README.md, "Limits
+# and failure behaviour"). Triton is down in these gateways, so a 503 proves a request passed every check before it.
 
 
 def gateway(**overrides: object) -> TestClient:
