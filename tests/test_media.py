@@ -11,7 +11,7 @@ from PIL import Image
 
 from hybrid import hostile_samples, samples
 from hybrid.contracts import IMAGE_SIZE
-from hybrid.media import MediaError, MediaLimits, decode_media, encode_frames, encode_lossless, gif_layout
+from hybrid.media import MediaError, MediaLimits, decode_media, encode_frames, gif_layout
 from hybrid.preprocess import resize_frames
 
 LIMITS = MediaLimits(max_bytes=4 * 1024 * 1024, max_pixels=2048 * 2048, max_frames=16)
@@ -141,10 +141,22 @@ def test_resizing_while_decoding_matches_the_reference_preprocessing() -> None:
         np.testing.assert_array_equal(decode_media(data, LIMITS, size=IMAGE_SIZE).frames, resize_frames(full))
 
 
-@pytest.mark.parametrize("count", [1, 2, 5])
-def test_lossless_media_round_trips_bit_for_bit(count: int) -> None:
+def _apng(frames: np.ndarray) -> bytes:
+    images = [Image.fromarray(frame) for frame in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="PNG", save_all=len(images) > 1, append_images=images[1:])
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("encoder", "count"), [("png", 1), *((encoder, n) for encoder in ("webp", "apng") for n in (1, 2, 5, 16))]
+)
+def test_lossless_media_round_trips_bit_for_bit(count: int, encoder: str) -> None:
+    """The replies' own PNG and muxed WebP, and Pillow's APNG, decode back to the very frames."""
     frames = samples.frames(count, IMAGE_SIZE, IMAGE_SIZE)
     if count == 5:
         frames[2] = frames[3] = frames[1]  # identical consecutive frames stay separate frames
-    media = decode_media(encode_lossless(frames), LIMITS, size=IMAGE_SIZE)
+    data = _apng(frames) if encoder == "apng" else encode_frames(frames, encoder)
+    media = decode_media(data, LIMITS, size=IMAGE_SIZE)
+    assert media.num_frames == count
     np.testing.assert_array_equal(media.frames, frames)
