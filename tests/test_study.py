@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from benchmarks import study
-from benchmarks.study_components import triton_model_config
-from benchmarks.study_report import critical_path_ms, markdown, merge, recommend
-from benchmarks.study_settings import CACHED_MODELS, COMPONENTS, PER_VARIANT, StudySettings
+from benchmarks.study import cli as study
+from benchmarks.study.models import triton_model_config
+from benchmarks.study.report import critical_path_ms, markdown, merge, recommend
+from benchmarks.study.settings import CACHED_MODELS, COMPONENTS, PER_VARIANT, StudySettings
 from export.repository import PYTHON_MODELS, RepositoryOptions, build_repository
 
 STAGE_KEYS = {"p50_ms", "p95_ms", "gpu_memory_gib"}

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-from benchmarks.study_components import latency
-from benchmarks.study_settings import GPU_TRITON_ARGS, StudySettings, profile_overrides
+from benchmarks.study.models import latency
+from benchmarks.study.settings import GPU_TRITON_ARGS, StudySettings, profile_overrides
 from service.verdict import BUDGET
 
 

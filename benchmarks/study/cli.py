@@ -59,15 +59,15 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.study_components import (
+from benchmarks.study.models import (
     fusion_ablation,
     measure_components,
     memory_table,
     variant_entries,
 )
-from benchmarks.study_report import merge, write_final
-from benchmarks.study_service import overhead_study, response_cache_study
-from benchmarks.study_settings import (
+from benchmarks.study.report import merge, write_final
+from benchmarks.study.served import overhead_study, response_cache_study
+from benchmarks.study.settings import (
     CACHED_MODELS,
     COMPONENTS,
     GIB,
@@ -294,7 +294,3 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from(args)
     run(settings, "python -m benchmarks.study " + " ".join(argv), args.out)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

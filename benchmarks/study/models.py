@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.study_settings import (
+from benchmarks.study.settings import (
     ABLATION_LAYERS,
     ABLATION_QUERIES,
     GIB,

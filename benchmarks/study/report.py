@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.study_settings import COMPONENTS, RESULT_STEM, SPATIAL_VARIANTS, TARGETS_MS, find_entry
+from benchmarks.study.settings import COMPONENTS, RESULT_STEM, SPATIAL_VARIANTS, TARGETS_MS, find_entry
 from hybrid.tables import markdown_table
 from service.verdict import BUDGET
 
