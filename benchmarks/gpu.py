@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.harness import git_commit, gpu_memory_gib, gpu_name, parse_statistics
 from benchmarks.overhead import analyse, make_inputs, run_pairs
 from hybrid.tables import markdown_table
 from service.local_stack import Stack, running_stack
@@ -45,27 +45,6 @@ CLOSED_LOOPS: tuple[tuple[str, int], ...] = (
 )
 VARIANTS = ("eager", "compiled")
 START_TIMEOUT_S = 540  # a compiled cold start on an H200 took 205 s
-
-
-def git_commit() -> str:
-    """HYBRID_COMMIT when set (a device machine receives the working tree, not always its history), else git's."""
-    if os.environ.get("HYBRID_COMMIT"):
-        return os.environ["HYBRID_COMMIT"]
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-    return done.stdout.strip() or "unknown"
-
-
-def gpu_name() -> str:
-    done = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
-    return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else "unknown"
-
-
-def gpu_memory_gib() -> float:
-    """Memory in use on every GPU (MiB → GiB), which is the whole stack's: nothing else runs there."""
-    done = subprocess.run(
-        ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"], capture_output=True, text=True
-    )
-    return sum(float(v) for v in done.stdout.split()) / 1024 if done.returncode == 0 else float("nan")
 
 
 def write_repository(runtime: str, cache: Path, out: Path) -> None:
@@ -141,31 +120,6 @@ async def closed_loop(url: str, endpoint: str, concurrency: int, seconds: float,
 
 def triton_statistics(triton_http_url: str) -> dict[str, dict[str, float]]:
     return parse_statistics(httpx.get(f"{triton_http_url}/v2/models/stats", timeout=10).json())
-
-
-def parse_statistics(stats: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Triton's /v2/models/stats → per composing model (ensembles left out): executions, average batch, queue
-    per request, and mean ms per execution of compute_input, compute_infer and compute_output."""
-    out = {}
-    for model in stats.get("model_stats", []):
-        executions = int(model.get("execution_count", 0))
-        inferences = int(model.get("inference_count", 0))
-        if not executions or model["name"].startswith(("encode_", "reconstruct_")):
-            continue
-        phases = model["inference_stats"]
-        per_request = {k: phases[k]["ns"] / max(phases[k]["count"], 1) / 1e6 for k in ("queue",)}
-        batches = model.get("batch_stats", [])
-        compute = {
-            k: sum(b[k]["ns"] for b in batches) / executions / 1e6
-            for k in ("compute_input", "compute_infer", "compute_output")
-        }
-        out[model["name"]] = {
-            "executions": executions,
-            "average_batch": round(inferences / executions, 2),
-            "queue_ms_per_request": round(per_request["queue"], 2),
-            **{f"{k}_ms": round(v, 2) for k, v in compute.items()},
-        }
-    return out
 
 
 def run_variant(variant: str, out: Path, pairs: int, seconds: float, result: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import signal
@@ -41,6 +40,7 @@ from benchmarks.hardening_probes import (
     tritonserver_of,
     work_directories,
 )
+from benchmarks.harness import write_results
 from benchmarks.procmem import PeakMemory, rss_bytes, tree_rss_bytes
 from hybrid import hostile_samples, samples
 from hybrid.tables import markdown_table
@@ -322,10 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     measured = {k: v for part in ("burst", "corpus", "transport", "kill") for k, v in results[part].items()}
     results["measured"] = {k: measured[k] for k in TARGETS}
     results["met"] = {k: measured[k] <= target for k, target in TARGETS.items()}
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / args.name
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(results))
+    write_results(args.out / args.name, results, markdown(results))
     print(markdown(results))
     return 0 if all(results["met"].values()) else 1
 

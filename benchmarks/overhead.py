@@ -19,7 +19,6 @@ result checks against the ensembles' request counts. Writes <out>/overhead-<prof
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from benchmarks.harness import write_results
 from hybrid import samples
 from hybrid.contracts import PIPELINES
 from hybrid.tables import markdown_table
@@ -312,10 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         "server": server,
     }
     result["agreement"] = agreement(result["analysis"], server, args.pairs, args.warmup)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"overhead-{result['profile']}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(result))
+    write_results(stem, result, markdown(result))
     chart(result, stem.with_suffix(".png"))
     print(markdown(result))
     print(f"wrote {stem}.json, .md, .png")

@@ -24,25 +24,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
+from benchmarks.harness import ROOT, closed_loop, git_commit, gpu_name, model_stats, write_repository, write_results
 from hybrid.samples import png
 from hybrid.tables import markdown_table
 from service.embedded_triton import EmbeddedTriton
 from service.local_stack import free_ports, running_stack
 from service.verdict import quantile
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -73,33 +68,7 @@ class Phase:
 
 def ensemble_count(replica: EmbeddedTriton, model: str) -> int:
     """Successful inferences of `model` on one replica, from Triton's statistics API."""
-    stats = httpx.get(f"{replica.http_url}/v2/models/{model}/stats", timeout=30).json()
-    return sum(int(s["inference_stats"]["success"]["count"]) for s in stats["model_stats"])
-
-
-async def closed_loop(url: str, params: dict, body: bytes, workers: int, seconds: float) -> tuple[list[float], dict]:
-    """`workers` clients, each sending the next request when the last is answered, for `seconds`."""
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
-
-    async def client(session: httpx.AsyncClient) -> None:
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            try:
-                reply = await session.post(url, params=params, files={"file": ("in.png", body)})
-                outcome = str(reply.status_code)
-            except httpx.HTTPError as exc:
-                outcome = type(exc).__name__
-            if outcome == "200":
-                latencies.append(time.perf_counter() - started)
-            else:
-                errors[outcome] = errors.get(outcome, 0) + 1
-
-    async with httpx.AsyncClient(timeout=600, limits=limits) as session:
-        await asyncio.gather(*(client(session) for _ in range(workers)))
-    return latencies, errors
+    return sum(int(s["inference_stats"]["success"]["count"]) for s in model_stats(replica.http_url, model))
 
 
 def run_phase(
@@ -121,21 +90,11 @@ def run_phase(
         print(f"  warm-up {args.warmup_s:.0f} s at concurrency {phase.concurrency}", flush=True)
         asyncio.run(closed_loop(url, params, body, phase.concurrency, args.warmup_s))
         before = [ensemble_count(r, model) for r in replicas]
-        started = time.perf_counter()
-        phase.latencies_s, phase.errors = asyncio.run(
+        phase.latencies_s, phase.errors, phase.duration_s = asyncio.run(
             closed_loop(url, params, body, phase.concurrency, args.duration_s)
         )
-        phase.duration_s = time.perf_counter() - started
         phase.per_replica = [ensemble_count(r, model) - b for r, b in zip(replicas, before, strict=True)]
     return phase
-
-
-def write_gpu_repository(runtime: str, cache: Path, out: Path) -> None:
-    """The full profile with random weights on KIND_GPU instances, in `runtime`, its Inductor cache in `cache`."""
-    from export.repository import RepositoryOptions, write
-
-    overrides = {"random_weights": True, "runtime": runtime, "compile_cache": str(cache)}
-    write(RepositoryOptions("full", json.dumps(overrides), "KIND_GPU"), out)
 
 
 def describe_devices(devices: list[str]) -> str:
@@ -144,11 +103,8 @@ def describe_devices(devices: list[str]) -> str:
         if device == "cpu":
             names.append("CPU")
             continue
-        query = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", device]
-        try:
-            names.append(subprocess.run(query, capture_output=True, text=True, timeout=30, check=True).stdout.strip())
-        except (OSError, subprocess.SubprocessError):
-            names.append(f"GPU {device}")
+        name = gpu_name(device)
+        names.append(f"GPU {device}" if name == "unknown" else name)
     if len(set(names)) == 1:
         if names[0] == "CPU":
             return f"{len(names)}× CPU ({os.cpu_count()} cores shared)"
@@ -156,18 +112,6 @@ def describe_devices(devices: list[str]) -> str:
         shared = f", {len(devices)} replicas sharing it" if gpus == 1 else ""
         return f"{gpus}× {names[0]}{shared}"
     return " + ".join(names)
-
-
-def commit() -> str:
-    """HYBRID_COMMIT when set (a device machine receives the working tree, not always its history), else git's."""
-    if os.environ.get("HYBRID_COMMIT"):
-        return os.environ["HYBRID_COMMIT"]
-
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def markdown(r: dict) -> str:
@@ -224,7 +168,13 @@ def main(argv: list[str] | None = None) -> int:
         repository, runtime = args.model_repository, "as the repository says"
         if args.runtime:
             repository, runtime = workdir / "model_repository", args.runtime
-            write_gpu_repository(args.runtime, workdir / "compile-cache", repository)
+            # The full profile with random weights on KIND_GPU instances; the replicas share one Inductor cache.
+            overrides = {
+                "random_weights": True,
+                "runtime": args.runtime,
+                "compile_cache": str(workdir / "compile-cache"),
+            }
+            write_repository("full", overrides, repository, kind="KIND_GPU")
         replicas = [
             EmbeddedTriton(
                 repository,
@@ -253,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {
         "device": describe_devices(devices),
-        "commit": commit(),
+        "commit": git_commit(),
         "command": "python -m benchmarks.scale " + shlex.join(sys.argv[1:] if argv is None else argv),
         "profile": args.profile,
         "runtime": runtime,
@@ -264,10 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     results["ratio"] = results["two"]["rps"] / results["one"]["rps"] if results["one"]["rps"] else None
     if results["one"]["p95_ms"] and results["two"]["p95_ms"]:
         results["p95_ratio"] = results["two"]["p95_ms"] / results["one"]["p95_ms"]
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"scale-{args.label}"
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(results))
+    write_results(args.out / f"scale-{args.label}", results, markdown(results))
     print(markdown(results))
     return 0 if not one.errors and not two.errors else 1
 

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.harness import ROOT, write_results
 from benchmarks.procmem import PeakMemory
 from hybrid.contracts import PIPELINES
 from hybrid.media import MediaLimits, decode_media, encode_frames
@@ -32,8 +32,6 @@ from hybrid.samples import png
 from hybrid.tables import markdown_table
 from service.local_stack import running_stack
 from service.verdict import quantile
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -110,10 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     results["serving_overhead_ms"] = {
         p: results["served"][p]["p50_ms"] - results["in_process"][p]["p50_ms"] for p in PIPELINES
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / "serving-tiny-cpu"
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(results))
+    write_results(args.out / "serving-tiny-cpu", results, markdown(results))
     print(markdown(results))
 
 

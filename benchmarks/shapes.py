@@ -25,7 +25,6 @@ import asyncio
 import io
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -39,7 +38,19 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks.gpu import closed_loop, git_commit, gpu_memory_gib, gpu_name, service_env
+from benchmarks.harness import (
+    closed_loop,
+    counters_delta,
+    device_name,
+    git_commit,
+    gpu_memory_gib,
+    has_gpu,
+    model_counters,
+    service_env,
+    write_json,
+    write_repository,
+    write_results,
+)
 from benchmarks.overhead import bootstrap_ratio_ci
 from hybrid import samples
 from hybrid.contracts import IMAGE_SIZE
@@ -212,13 +223,6 @@ def agreement(compiled: Any, profile_name: str, overrides: dict[str, Any]) -> di
 # Phases through the service.
 
 
-def write_repository(profile_name: str, overrides: dict[str, Any], out: Path) -> None:
-    from export.repository import RepositoryOptions, write
-
-    kind = "KIND_GPU" if shutil.which("nvidia-smi") else "KIND_CPU"
-    write(RepositoryOptions(profile_name, json.dumps(overrides), kind), out)
-
-
 def server_timing(header: str) -> dict[str, float]:
     """`gateway;dur=12.3, decode;dur=1.0, …` → {"gateway": 12.3, …} (ms)."""
     spans = {}
@@ -227,42 +231,6 @@ def server_timing(header: str) -> dict[str, float]:
         if duration:
             spans[name] = float(duration)
     return spans
-
-
-def model_statistics(triton_http_url: str) -> dict[str, dict[str, int]]:
-    """Triton's cumulative counters per composing model: executions, requests and ns per phase."""
-    stats = httpx.get(f"{triton_http_url}/v2/models/stats", timeout=10).json()
-    out = {}
-    for model in stats.get("model_stats", []):
-        if model["name"].startswith(("encode_", "reconstruct_")):
-            continue
-        phases = model["inference_stats"]
-        out[model["name"]] = {
-            "executions": int(model.get("execution_count", 0)),
-            "requests": int(phases["success"]["count"]),
-            **{f"{k}_ns": int(phases[k]["ns"]) for k in ("queue", "compute_input", "compute_infer", "compute_output")},
-        }
-    return out
-
-
-def statistics_delta(before: dict, after: dict) -> dict[str, dict[str, float]]:
-    """Per model over an interval: executions, average batch, and ms per request of each phase."""
-    out = {}
-    for name, now in after.items():
-        then = before.get(name, {})
-        requests = now["requests"] - then.get("requests", 0)
-        if requests <= 0:
-            continue
-        executions = now["executions"] - then.get("executions", 0)
-        out[name] = {
-            "executions": executions,
-            "average_batch": round(requests / max(executions, 1), 2),
-            **{
-                f"{k}_ms": round((now[f"{k}_ns"] - then.get(f"{k}_ns", 0)) / requests / 1e6, 3)
-                for k in ("queue", "compute_input", "compute_infer", "compute_output")
-            },
-        }
-    return out
 
 
 def through_service(url: str, triton_http_url: str, requests: int, result: dict, save: Callable) -> None:
@@ -277,7 +245,7 @@ def through_service(url: str, triton_http_url: str, requests: int, result: dict,
                     raise RuntimeError(f"{case.name} {pipeline}: HTTP {reply.status_code}: {reply.text[:300]}")
                 timings[pipeline].append(server_timing(reply.headers.get("server-timing", "")))
 
-            before = model_statistics(triton_http_url)
+            before = model_counters(triton_http_url)
             seconds = timed_pairs(request, case, requests, warmup=2)
             spans = {
                 p: {k: round(quantile([t[k] for t in ts[-requests:] if k in t], 0.5), 2) for k in ts[-1]}
@@ -287,7 +255,7 @@ def through_service(url: str, triton_http_url: str, requests: int, result: dict,
                 "case": asdict(case),
                 **{p: {**summary_ms(s), "server_timing_p50_ms": spans[p]} for p, s in seconds.items()},
                 "overhead": overhead(seconds),
-                "triton": statistics_delta(before, model_statistics(triton_http_url)),
+                "triton": counters_delta(before, model_counters(triton_http_url)),
             }
             print(f"[service] {case.name}: {json.dumps(result['cases'][case.name])}", flush=True)
             save()
@@ -305,14 +273,13 @@ def service_phases(
     work = Path(tempfile.mkdtemp(prefix="shapes-"))
     cache, repository = work / "compile-cache", work / "model_repository"
     write_repository(profile_name, {**overrides, "compile_cache": str(cache)}, repository)
-    env_profile = {"HYBRID_PROFILE": profile_name}
     try:
         if "service" in phases or "loops" in phases:
             result, save = partial(out, "service")
             log = out / "service.log"
-            with running_stack(log, {**service_env(repository, log), **env_profile}, START_TIMEOUT_S) as stack:
+            with running_stack(log, stack_env(repository, profile_name, log), START_TIMEOUT_S) as stack:
                 result["ready_s"] = round(stack.ready_s, 1)
-                result["gpu_memory_gib"] = round(gpu_memory_gib(), 1) if shutil.which("nvidia-smi") else None
+                result["gpu_memory_gib"] = round(gpu_memory_gib(), 1) if has_gpu() else None
                 print(f"[service] ready in {result['ready_s']} s (cold: an empty compile cache)", flush=True)
                 save()
                 if "service" in phases:
@@ -321,9 +288,9 @@ def service_phases(
                     image = media(CASES[0], seed=0)
                     result["loops"] = []
                     for concurrency in loops:
-                        before = model_statistics(stack.triton_http_url)
-                        loop = asyncio.run(closed_loop(stack.gateway_url, "reconstruct", concurrency, seconds, image))
-                        loop["triton"] = statistics_delta(before, model_statistics(stack.triton_http_url))
+                        before = model_counters(stack.triton_http_url)
+                        loop = closed_loop_summary(stack.gateway_url, concurrency, seconds, image)
+                        loop["triton"] = counters_delta(before, model_counters(stack.triton_http_url))
                         result["loops"].append(loop)
                         print(f"[loops] {json.dumps(loop)}", flush=True)
                         save()
@@ -333,7 +300,7 @@ def service_phases(
         if "warm" in phases:
             result, save = partial(out, "warm")
             log = out / "service-warm.log"
-            with running_stack(log, {**service_env(repository, log), **env_profile}, START_TIMEOUT_S) as stack:
+            with running_stack(log, stack_env(repository, profile_name, log), START_TIMEOUT_S) as stack:
                 result["ready_warm_s"] = round(stack.ready_s, 1)
             print(f"[warm] ready in {result['ready_warm_s']} s", flush=True)
             save()
@@ -341,18 +308,41 @@ def service_phases(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def stack_env(repository: Path, profile_name: str, log: Path) -> dict[str, str]:
+    return {
+        # tritonserver's own start limit 60 s inside the stack's, so that its error is the one reported
+        **service_env(repository, profile_name, START_TIMEOUT_S - 60, gpu=has_gpu()),
+        "HYBRID_MAX_IN_FLIGHT": "128",  # the closed loops measure Triton, not the gateway's admission limit
+        "HYBRID_EMBEDDED_TRITON_LOG": str(log.with_name(log.stem + "-triton.log")),
+    }
+
+
+def closed_loop_summary(url: str, concurrency: int, seconds: float, image: bytes) -> dict[str, Any]:
+    """A closed loop of /reconstruct?pipeline=hybrid, one frame, as its row of the results."""
+    latencies, errors, elapsed = asyncio.run(
+        closed_loop(f"{url}/reconstruct", {"pipeline": "hybrid"}, image, concurrency, seconds, timeout_s=120)
+    )
+    return {
+        "endpoint": "reconstruct",
+        "pipeline": "hybrid",
+        "concurrency": concurrency,
+        "seconds": round(elapsed, 1),
+        "rps": round(len(latencies) / elapsed, 2),
+        "p50_ms": round(quantile(latencies, 0.5) * 1000, 1) if latencies else None,
+        "p95_ms": round(quantile(latencies, 0.95) * 1000, 1) if latencies else None,
+        "requests": len(latencies),
+        "non_200": sum(errors.values()),
+    }
+
+
 def partial(out: Path, phase: str) -> tuple[dict[str, Any], Callable[[], None]]:
     path = out / f"shapes-{phase}.json"
     result: dict[str, Any] = {"phase": phase, "device": device_name(), "commit": git_commit(), "command": COMMAND}
 
     def save() -> None:
-        path.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(path, result)
 
     return result, save
-
-
-def device_name() -> str:
-    return gpu_name() if shutil.which("nvidia-smi") else f"CPU ({os.cpu_count()} cores)"
 
 
 COMMAND = "python -m benchmarks.shapes"  # completed by main() with the arguments
@@ -418,9 +408,7 @@ def summarize(directories: list[Path], out: Path) -> dict[str, Any]:
         "rows": rows,
         "phases": phases,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "shapes.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "shapes.md").write_text(markdown(summary))
+    write_results(out / "shapes", summary, markdown(summary))
     chart(summary, out / "shapes.png")
     return summary
 

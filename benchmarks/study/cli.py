@@ -51,7 +51,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -59,6 +58,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness import git_commit, write_json
 from benchmarks.study.models import (
     fusion_ablation,
     measure_components,
@@ -98,17 +98,6 @@ def device_memory_gib(settings: StudySettings) -> float | None:
     return round(torch.cuda.get_device_properties(torch.device(settings.device)).total_memory / GIB, 1)
 
 
-def git_commit() -> str:
-    """HYBRID_COMMIT when set (a device machine receives the working tree, not always its history), else git's,
-    marked +wip when the tree has uncommitted changes."""
-    if os.environ.get("HYBRID_COMMIT"):
-        return os.environ["HYBRID_COMMIT"]
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
-    commit = head.stdout.strip() or "unknown"
-    return f"{commit}+wip" if dirty.stdout.strip() else commit
-
-
 def partial_path(out: Path, parts: Sequence[str]) -> Path:
     return out / f"study-{'-'.join(parts)}.json"
 
@@ -138,7 +127,7 @@ def run(settings: StudySettings, command: str, out: Path) -> dict[str, Any]:
     }
 
     def save() -> None:
-        path.write_text(json.dumps(study, indent=2, default=str) + "\n")
+        write_json(path, study)
 
     save()
     parts = set(settings.parts)

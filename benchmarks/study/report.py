@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.harness import write_results
 from benchmarks.study.settings import COMPONENTS, RESULT_STEM, SPATIAL_VARIANTS, TARGETS_MS, find_entry
 from hybrid.tables import markdown_table
 from service.verdict import BUDGET
@@ -409,6 +410,4 @@ def charts(study: dict[str, Any], stem: Path) -> list[Path]:
 def write_final(study: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     stem = out / RESULT_STEM
-    stem.with_suffix(".json").write_text(json.dumps(study, indent=2, default=str) + "\n")
-    stem.with_suffix(".md").write_text(markdown(study))
-    return [stem.with_suffix(".json"), stem.with_suffix(".md"), *charts(study, stem)]
+    return [*write_results(stem, study, markdown(study)), *charts(study, stem)]

@@ -14,38 +14,25 @@ from typing import Any
 
 import httpx
 
+from benchmarks.harness import model_stats, parse_statistics, service_env, write_repository
 from benchmarks.study.models import latency
-from benchmarks.study.settings import GPU_TRITON_ARGS, StudySettings, profile_overrides
+from benchmarks.study.settings import StudySettings, profile_overrides
 from service.verdict import BUDGET
 
 
-def write_repository(settings: StudySettings, variant: str, out: Path, cached: Sequence[str] = ()) -> None:
+def write_study_repository(settings: StudySettings, variant: str, out: Path, cached: Sequence[str] = ()) -> None:
     """The served repository for the study's profile with DINOv2 `variant`, the service runtime, and Triton's
     response cache on the `cached` models."""
-    from export.repository import RepositoryOptions, write
-
     extra: dict[str, Any] = {"spatial": {"variant": variant}, "runtime": settings.service_runtime}
     if settings.compile_cache:
         extra["compile_cache"] = str(Path(settings.compile_cache).resolve())
-    options = RepositoryOptions(
-        profile=settings.profile,
-        profile_overrides=json.dumps(profile_overrides(settings, **extra)),
-        instance_kind="KIND_GPU" if settings.cuda else "KIND_CPU",
-        response_cache=tuple(cached),
-    )
-    write(options, out)
+    kind = "KIND_GPU" if settings.cuda else "KIND_CPU"
+    write_repository(settings.profile, profile_overrides(settings, **extra), out, kind, cached)
 
 
-def service_env(settings: StudySettings, repository: Path, triton_args: str = "") -> dict[str, str]:
-    """The gateway's settings for a study service: the repository, and tritonserver flags (a CUDA memory pool on a
-    GPU, as benchmarks.gpu starts it, plus `triton_args`)."""
-    args = " ".join(a for a in (GPU_TRITON_ARGS if settings.cuda else "", triton_args) if a)
-    return {
-        "HYBRID_MODEL_REPOSITORY": str(repository),
-        "HYBRID_PROFILE": settings.profile,
-        "HYBRID_TRITON_START_TIMEOUT_S": str(settings.start_timeout_s),
-        "HYBRID_EMBEDDED_TRITON_ARGS": args,
-    }
+def study_env(settings: StudySettings, repository: Path, triton_args: str = "") -> dict[str, str]:
+    """The gateway's settings for a study service (benchmarks.harness.service_env), plus `triton_args`."""
+    return service_env(repository, settings.profile, settings.start_timeout_s, settings.cuda, triton_args)
 
 
 def triton_cache_flags(size: int) -> str:
@@ -59,9 +46,8 @@ def triton_cache_flags(size: int) -> str:
 
 def cache_counters(triton_http_url: str) -> dict[str, dict[str, int]]:
     """Per model: cache hits and misses and the nanoseconds Triton spent on them, from its statistics API."""
-    stats = httpx.get(f"{triton_http_url}/v2/models/stats", timeout=10).json()
     out = {}
-    for model in stats.get("model_stats", []):
+    for model in model_stats(triton_http_url):
         s = model["inference_stats"]
         out[model["name"]] = {
             "hits": int(s.get("cache_hit", {}).get("count", 0)),
@@ -114,8 +100,8 @@ def response_cache_study(settings: StudySettings, work: Path) -> dict[str, Any]:
 
     variant = default_variant(settings)
     repository = work / "repository-cache"
-    write_repository(settings, variant, repository, settings.cache_models)
-    env = service_env(settings, repository, triton_cache_flags(settings.cache_bytes))
+    write_study_repository(settings, variant, repository, settings.cache_models)
+    env = study_env(settings, repository, triton_cache_flags(settings.cache_bytes))
     n = settings.cache_requests
     result: dict[str, Any] = {
         "pipeline": "hybrid",
@@ -175,18 +161,17 @@ def default_variant(settings: StudySettings) -> str:
 
 def overhead_study(settings: StudySettings, variant: str, work: Path) -> dict[str, Any]:
     """The paired E-P2.6 benchmark (benchmarks.overhead) against a service whose DINOv2 is `variant`."""
-    from benchmarks.gpu import parse_statistics
     from benchmarks.overhead import analyse, make_inputs, run_pairs
     from service.local_stack import running_stack
 
     repository = work / f"repository-{variant}"
-    write_repository(settings, variant, repository)
+    write_study_repository(settings, variant, repository)
     with running_stack(
-        work / f"service-{variant}.log", service_env(settings, repository), settings.start_timeout_s
+        work / f"service-{variant}.log", study_env(settings, repository), settings.start_timeout_s
     ) as stack:
         latencies = run_pairs(stack.gateway_url, settings.pairs, make_inputs(8, 224, seed=0), {"frames": 1},
                               settings.pair_warmup)  # fmt: skip
-        statistics = parse_statistics(httpx.get(f"{stack.triton_http_url}/v2/models/stats", timeout=10).json())
+        statistics = parse_statistics({"model_stats": model_stats(stack.triton_http_url)})
         ready_s = stack.ready_s
     analysis = analyse(latencies, BUDGET, settings.resamples)
 

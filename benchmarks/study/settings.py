@@ -27,8 +27,6 @@ CACHED_MODELS: tuple[str, ...] = ("preprocess", "vlm_encoder", "spatial_encoder"
 """The deterministic encoder steps answered from the response cache by default."""
 TARGETS_MS: dict[str, float] = {"spatial_encoder": 200.0, "fusion": 100.0, "total": 1500.0}
 """The seed's E-P2.6 latency targets: DINOv2 < 200 ms, fusion < 100 ms, total < 1500 ms (and overhead < 25%)."""
-GPU_TRITON_ARGS = "--cuda-memory-pool-byte-size=0:2147483648 --pinned-memory-pool-byte-size=536870912"
-"""As benchmarks.gpu: a CUDA memory pool so GPU tensors pass between steps without host copies."""
 MIN_CALLS = 3
 GIB = 2**30
 RESULT_STEM = "e-p2-6-study"
