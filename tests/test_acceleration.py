@@ -5,7 +5,6 @@ result files."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from benchmarks.gpu import markdown, parse_statistics, summarize
+from benchmarks.harness import parse_statistics
 from hybrid import samples
 from hybrid.acceleration import GraphedCall, freeze, input_shapes, output_shapes, plan_chunks, run_chunked
 from hybrid.pipeline import ReferencePipeline
@@ -126,30 +125,6 @@ def test_instance_device_follows_triton(monkeypatch: pytest.MonkeyPatch) -> None
     assert instance_device("auto", gpu) == torch.device("cuda", 1)  # not every instance on GPU 0
     assert instance_device("auto", {"model_instance_kind": "CPU"}) == CPU
     assert instance_device("cpu", gpu) == CPU  # an explicit device wins
-
-
-def test_gpu_benchmark_results_parse(tmp_path: Path) -> None:
-    for variant in ("eager", "compiled"):
-        shutil.copy(RESULTS / f"variant-{variant}.json", tmp_path)
-    summary = summarize(tmp_path)
-    assert set(summary) >= {"device", "commit", "command", "variants"}
-    for name, variant in summary["variants"].items():
-        assert {
-            "ready_s",
-            "ready_warm_s",
-            "gpu_memory_gib",
-            "reconstruct_hybrid_p50_ms",
-            "encode_hybrid_p50_ms",
-        } <= set(variant), name
-        assert set(variant["overhead"]) == {"reconstruct", "encode"}
-        assert all(
-            len(o["ci95"]) == 2 and o["ci95"][0] <= o["median"] <= o["ci95"][1] for o in variant["overhead"].values()
-        )
-        loops = {(r["endpoint"], r["concurrency"]) for r in variant["closed_loop"]}
-        assert loops == {("reconstruct", 1), ("reconstruct", 8), ("reconstruct", 32), ("encode", 32)}
-    assert json.loads((tmp_path / "summary.json").read_text()) == summary
-    assert "| /reconstruct hybrid, concurrency 32 |" in markdown(summary)
-    assert (tmp_path / "summary.png").stat().st_size > 10_000
 
 
 def test_triton_statistics_parsing() -> None:
