@@ -31,17 +31,19 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.hardening_probes import (
+from benchmarks.harness import write_results
+from benchmarks.probes import (
     MiB,
     PeakGain,
+    PeakMemory,
     chunked_upload_until_refused,
+    rss_bytes,
     shared_memory,
     silent_client_lifetime,
+    tree_rss_bytes,
     tritonserver_of,
     work_directories,
 )
-from benchmarks.harness import write_results
-from benchmarks.procmem import PeakMemory, rss_bytes, tree_rss_bytes
 from hybrid import hostile_samples, samples
 from hybrid.tables import markdown_table
 from service.embedded_triton import process_group

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.harness import ROOT, write_results
-from benchmarks.procmem import PeakMemory
+from benchmarks.probes import PeakMemory
 from hybrid.contracts import PIPELINES
 from hybrid.media import MediaLimits, decode_media, encode_frames
 from hybrid.samples import png

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import uvicorn
 
-from benchmarks.hardening_probes import MiB, chunked_upload_until_refused, multipart_head, silent_client_lifetime
+from benchmarks.probes import MiB, chunked_upload_until_refused, multipart_head, silent_client_lifetime
 from hybrid import samples
 from service.app import create_app
 from service.http_protocol import header_timeout_protocol

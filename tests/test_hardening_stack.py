@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from tritonclient.utils import InferenceServerException
 
-from benchmarks.hardening_probes import MiB, PeakGain, preprocess_stub
+from benchmarks.probes import MiB, PeakGain, preprocess_stub
 from hybrid import hostile_samples, samples
 from service.local_stack import Stack
 

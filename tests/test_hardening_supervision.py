@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from benchmarks.hardening_probes import shared_memory, tritonserver_of, work_directories
+from benchmarks.probes import shared_memory, tritonserver_of, work_directories
 from hybrid import samples
 from service.embedded_triton import TritonSupervisor, process_group
 from service.local_stack import Stack, StackError, running_stack

@@ -1,4 +1,4 @@
-"""benchmarks.procmem and the hardening probes' peak: the memory of a real child process tree, read through psutil."""
+"""benchmarks.probes' memory readings: the memory of a real child process tree, read through psutil."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from benchmarks.hardening_probes import PeakGain, peak_rss_bytes
-from benchmarks.procmem import PeakMemory, rss_bytes, tree_rss_bytes
+from benchmarks.probes import PeakGain, PeakMemory, peak_rss_bytes, rss_bytes, tree_rss_bytes
 
 MiB = 1 << 20
 HELD = 96 * MiB
