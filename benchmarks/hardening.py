@@ -17,7 +17,6 @@ Writes `<out>/<name>.json` and `.md` with each figure beside its target.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import platform
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.harness import write_results
+from benchmarks.harness import command_parser, write_results
 from benchmarks.probes import (
     MiB,
     PeakGain,
@@ -297,7 +296,7 @@ def markdown(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("hardening", __doc__)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--name", default="hardening-cpu")
     args = parser.parse_args(argv)

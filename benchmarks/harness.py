@@ -1,9 +1,10 @@
-"""What every benchmark command repeats, defined once: where the results came from (commit, device), the served
-repository and the settings of a measured stack, closed loops, Triton's per-model statistics and results files.
-Starting the stack itself is `service.local_stack.running_stack`, as the tests start it."""
+"""What every benchmark command repeats, defined once: its parser, where the results came from (commit, device), the
+served repository and the settings of a measured stack, closed loops, Triton's per-model statistics and the
+results files. Starting the stack itself is `service.local_stack.running_stack`, as the tests start it."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -21,6 +22,13 @@ GPU_TRITON_ARGS = "--cuda-memory-pool-byte-size=0:2147483648 --pinned-memory-poo
 """tritonserver flags on a GPU: a CUDA memory pool so GPU tensors pass between steps without host copies."""
 ENSEMBLES = ("encode_", "reconstruct_")
 """Name prefixes of the ensembles (hybrid.contracts.ensemble_name): their statistics sum their steps'."""
+
+
+def command_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of `python -m benchmarks.<name>`, whose --help is the module's docstring as written: what the
+    command measures and where it writes."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    return argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=doc, formatter_class=formatter)
 
 
 def git_commit() -> str:

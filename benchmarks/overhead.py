@@ -18,7 +18,6 @@ result checks against the ensembles' request counts. Writes <out>/overhead-<prof
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.harness import write_results
+from benchmarks.harness import command_parser, write_results
 from hybrid import samples
 from hybrid.contracts import PIPELINES
 from hybrid.tables import markdown_table
@@ -280,7 +279,7 @@ def _interval(bounds: list[float | None], show: Callable[[float | None], str]) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("overhead", __doc__)
     parser.add_argument("--url", default="http://127.0.0.1:8080")
     parser.add_argument("--pairs", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)

@@ -32,7 +32,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.harness import ROOT, closed_loop, git_commit, gpu_name, model_stats, write_repository, write_results
+from benchmarks.harness import (
+    ROOT,
+    closed_loop,
+    command_parser,
+    git_commit,
+    gpu_name,
+    model_stats,
+    write_repository,
+    write_results,
+)
 from hybrid.samples import png
 from hybrid.tables import markdown_table
 from service.embedded_triton import EmbeddedTriton
@@ -137,7 +146,7 @@ def markdown(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("scale", __doc__)
     parser.add_argument("--model-repository", type=Path, default=ROOT / "model_repository")
     parser.add_argument(
         "--runtime",

@@ -8,12 +8,11 @@
    request at a time after a warm-up, and records client-side latency;
 3. runs the same decode → reference.reconstruct on the same bytes in this process (the baseline without
    gateway and Triton) and reports the difference of medians per pipeline;
-4. writes `<out>/serving-<profile>-<device>.json` and `.md`.
+4. writes `<out>/serving-tiny-cpu.json` and `.md` (default `benchmarks/results/`).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.harness import ROOT, write_results
+from benchmarks.harness import ROOT, command_parser, write_results
 from benchmarks.probes import PeakMemory
 from hybrid.contracts import PIPELINES
 from hybrid.media import MediaLimits, decode_media, encode_frames
@@ -44,7 +43,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("serving", __doc__)
     parser.add_argument("--requests", type=int, default=30, help="measured requests per pipeline")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")

@@ -20,7 +20,6 @@ the phases of one or more DIRs into shapes.json, shapes.md and shapes.png.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
 import json
@@ -40,6 +39,7 @@ import numpy as np
 
 from benchmarks.harness import (
     closed_loop,
+    command_parser,
     counters_delta,
     device_name,
     git_commit,
@@ -520,7 +520,7 @@ def chart(summary: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     global COMMAND
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("shapes", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="measure some phases into DIR/shapes-<phase>.json")
     run.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of {', '.join(PHASES)}")

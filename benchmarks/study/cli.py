@@ -58,7 +58,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import git_commit, write_json
+from benchmarks.harness import command_parser, git_commit, write_json
 from benchmarks.study.models import (
     fusion_ablation,
     measure_components,
@@ -241,7 +241,7 @@ def settings_from(args: argparse.Namespace) -> StudySettings:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("study", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="measure the selected parts into DIR/study-<parts>.json")
     r.add_argument("--profile", default="tiny", choices=("tiny", "full"))
