@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -43,22 +44,24 @@ def make_inputs(count: int, size: int, seed: int) -> list[bytes]:
     return samples.pngs(count, size, seed)
 
 
-def bootstrap_ratio_ci(hybrid: list[float], vlm: list[float], resamples: int, seed: int) -> tuple[float, float]:
-    """95% CI of median(hybrid)/median(vlm) − 1, resampling pairs (the two stay matched)."""
+def bootstrap_medians(hybrid: list[float], vlm: list[float], resamples: int, seed: int) -> tuple[Any, Any]:
+    """The medians of `resamples` resamplings of the pairs (the two stay matched): hybrid's and vlm's, aligned."""
     rng = np.random.default_rng(seed)
     h, v = np.asarray(hybrid), np.asarray(vlm)
     index = rng.integers(0, len(h), size=(resamples, len(h)))
-    ratios = quantile(h[index], 0.5, axis=1) / quantile(v[index], 0.5, axis=1) - 1
-    return float(quantile(ratios, 0.025)), float(quantile(ratios, 0.975))
+    return quantile(h[index], 0.5, axis=1), quantile(v[index], 0.5, axis=1)
+
+
+def bootstrap_ratio_ci(hybrid: list[float], vlm: list[float], resamples: int, seed: int) -> tuple[float, float]:
+    """95% CI of median(hybrid)/median(vlm) − 1."""
+    h, v = bootstrap_medians(hybrid, vlm, resamples, seed)
+    return float(quantile(h / v - 1, 0.025)), float(quantile(h / v - 1, 0.975))
 
 
 def bootstrap_difference_ci(hybrid: list[float], vlm: list[float], resamples: int, seed: int) -> tuple[float, float]:
-    """95% CI of median(hybrid) − median(vlm) in seconds, resampling pairs (the two stay matched)."""
-    rng = np.random.default_rng(seed)
-    h, v = np.asarray(hybrid), np.asarray(vlm)
-    index = rng.integers(0, len(h), size=(resamples, len(h)))
-    differences = quantile(h[index], 0.5, axis=1) - quantile(v[index], 0.5, axis=1)
-    return float(quantile(differences, 0.025)), float(quantile(differences, 0.975))
+    """95% CI of median(hybrid) − median(vlm) in seconds."""
+    h, v = bootstrap_medians(hybrid, vlm, resamples, seed)
+    return float(quantile(h - v, 0.025)), float(quantile(h - v, 0.975))
 
 
 def run_pairs(url: str, pairs: int, inputs: list[bytes], params: dict[str, int], warmup: int) -> dict:
