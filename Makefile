@@ -35,11 +35,12 @@ export: venv
 up: venv
 	$(PY) -m service $(if $(wildcard build/model_repository/spatial_encoder/1/model.onnx),--model-repository build/model_repository) $(ARGS)
 
-## Lint, type-check, then every test (unit and integration: the integration tests start the real stack on loopback).
+## Lint, type-check, then every test (unit and integration: the integration tests start the real stack on loopback);
+## the 15 slowest are listed at the end, so CI's log shows where its minutes go.
 test: venv system-deps
 	$(PY) -m ruff check .
 	$(PY) -m mypy
-	$(PY) -m pytest -q -ra $(ARGS)
+	$(PY) -m pytest -q -ra --durations=15 $(ARGS)
 
 lint: venv
 	$(PY) -m ruff check .
