@@ -1,4 +1,4 @@
-"""The hardening targets of the README's "Limits and failure behaviour", measured on the real stack.
+"""The hardening targets of service/README.md's "Limits and failure behaviour", measured on the real stack.
 
     python -m benchmarks.hardening [--out benchmarks/results] [--name hardening-cpu]
 

@@ -1,4 +1,4 @@
-"""Serving benchmark for the README: the embedded stack vs the in-process reference pipeline, same inputs.
+"""The embedded stack vs the in-process reference pipeline, same inputs (benchmarks/README.md, "The tiny CPU stack").
 
     python -m benchmarks.serving [--requests 30] [--out benchmarks/results]
 

@@ -8,7 +8,7 @@ overhead of hybrid over vlm per DINOv2 variant.
 
 On an H200 (full profile, random weights: latency does not depend on weight values; HYBRID_COMMIT=<commit> where
 the tree has no git history), in calls of under 10 minutes each — the commands the committed results came from,
-and what each call reached, are in the README's "E-P2.6 study":
+and what each call reached, are in benchmarks/README.md's "The E-P2.6 study":
 
     python -m benchmarks.study run --profile full --parts components --out $OUT                    # served runtime
     python -m benchmarks.study run --profile full --parts overhead,cache --service-runtime eager --out $OUT

@@ -142,7 +142,7 @@ def _all(checks: Iterable[bool | None]) -> bool | None:
 
 
 def recommend(study: dict[str, Any]) -> dict[str, Any]:
-    """The README's rule for the deployment configuration, applied to these figures.
+    """benchmarks/README.md's rule for the deployment configuration, applied to these figures.
 
     1. Variant, at the served dtype (the one the through-Triton overhead was measured at): DINOv2-L (the lab's
        trained fusion and adapter take its 1024-wide tokens) if it meets every target at every measured frame
